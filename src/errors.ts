@@ -1,0 +1,204 @@
+// The error catalogue. Every error a user can see has a stable code, a message with the facts
+// (address, port, file, timeout), and a hint that says what to do. docs/errors.md lists the same
+// codes (test/unit/errors-doc.test.ts keeps the two in sync).
+
+export interface CatalogueEntry {
+  /** What happened, in one line (the "Meaning" column of docs/errors.md). */
+  readonly meaning: string;
+  /** The default hint: what to do about it (the "How to fix" column). */
+  readonly fix: string;
+}
+
+export const CATALOGUE = {
+  // -- configuration (src/config) --
+  PF_CONFIG_INVALID: {
+    meaning: 'The configuration has one or more problems; each is listed below it and nothing was started.',
+    fix: 'Fix every listed problem, then run `portferry validate` with the same arguments until it passes.',
+  },
+  PF_SPEC_SYNTAX: {
+    meaning: 'A `-p` port spec does not have the form `[hostIP:]hostPort[-end]:containerIP:containerPort[-end][/tcp|/udp]`.',
+    fix: 'Write the spec as e.g. `8080:10.88.0.2:80`, `127.0.0.1:5353:10.88.0.2:53/udp` or `[::1]:8443:[fd00::2]:443` (IPv6 in brackets).',
+  },
+  PF_PORT_INVALID: {
+    meaning: 'A port is not a whole number from 1 to 65535.',
+    fix: 'Use a port from 1 to 65535; 0 (pick any) is not allowed for a published port.',
+  },
+  PF_PORT_RANGE: {
+    meaning: 'A port range is malformed: its end is below its start, or the host and container ranges differ in length.',
+    fix: 'Write ranges as `start-end` with start <= end, and give the host and container ranges the same length (or a single container port only with a single host port).',
+  },
+  PF_IP_INVALID: {
+    meaning: 'An IP address is not a valid IPv4 or IPv6 address.',
+    fix: 'Write a literal address (no host names): `127.0.0.1`, `0.0.0.0`, `::1`, `fd00::2`; IPv6 inside brackets in a `-p` spec.',
+  },
+  PF_PROTOCOL_INVALID: {
+    meaning: 'A protocol other than tcp or udp was given.',
+    fix: 'Use `tcp` or `udp` (`/tcp`, `/udp` at the end of a spec).',
+  },
+  PF_DURATION_INVALID: {
+    meaning: 'A duration is not of the form `500ms`, `5s`, `2m`, `1h`, or is out of bounds.',
+    fix: 'Write a positive number followed by ms, s, m or h, e.g. `5s`; use `0` only where the option says it means "no limit".',
+  },
+  PF_CONFIG_VALUE: {
+    meaning: 'A configuration value has the wrong type or is out of its allowed range.',
+    fix: 'Give the value the type and range named in the message (see the README for every key).',
+  },
+  PF_CONFIG_KEY: {
+    meaning: 'The configuration file has a key portferry does not know (often a typo).',
+    fix: 'Remove the key or correct its spelling; the message lists the keys allowed at that place.',
+  },
+  PF_CONFIG_MISSING: {
+    meaning: 'A required key is missing from a mapping.',
+    fix: 'Add the key named in the message; every mapping needs hostPort, containerIP and containerPort.',
+  },
+  PF_CONFIG_READ: {
+    meaning: 'The configuration file could not be read.',
+    fix: 'Check that the path given with -c exists and is readable by the user running portferry.',
+  },
+  PF_CONFIG_PARSE: {
+    meaning: 'The configuration file is not valid YAML (or JSON).',
+    fix: 'Fix the syntax at the line and column named in the message.',
+  },
+  PF_CONFLICT: {
+    meaning: 'Two mappings claim the same host address, port and protocol.',
+    fix: 'Give each mapping its own host port, or distinct host IPs; a port without host IP covers 0.0.0.0 and :: and so overlaps every address of both families.',
+  },
+  PF_NO_MAPPINGS: {
+    meaning: 'No mapping was given.',
+    fix: 'Give at least one `-p SPEC` or a `-c FILE` whose `mappings` list is not empty.',
+  },
+  PF_NETNS_INVALID: {
+    meaning: 'A `netns` path does not exist or is not a network namespace.',
+    fix: 'Give the path of a network namespace: `/proc/<pid>/ns/net` of a process inside the container, or `/run/netns/<name>`.',
+  },
+  PF_USAGE: {
+    meaning: 'The command line is not valid.',
+    fix: 'Run `portferry <command> --help` for the options.',
+  },
+
+  // -- binding and serving (src/proxy) --
+  PF_BIND_ADDRINUSE: {
+    meaning: 'The host address and port of a mapping is already in use by another socket.',
+    fix: 'Stop whatever holds the port (`ss -ltnup | grep :PORT` shows it) or choose another host port.',
+  },
+  PF_BIND_EACCES: {
+    meaning: 'The host port is below net.ipv4.ip_unprivileged_port_start and portferry is not privileged.',
+    fix: 'Use a port at or above the value named in the message, or lower it: `sysctl -w net.ipv4.ip_unprivileged_port_start=PORT`, or grant CAP_NET_BIND_SERVICE.',
+  },
+  PF_BIND_ADDRNOTAVAIL: {
+    meaning: 'The host IP is not an address of this host (or of this network namespace).',
+    fix: 'Use an address shown by `ip addr`, or leave the host IP out to listen on every address.',
+  },
+  PF_BIND_FAILED: {
+    meaning: 'Binding a host address and port failed for another reason.',
+    fix: 'Read the system error in the message; check the address family is enabled (IPv6 may be disabled) and the descriptor limit (`ulimit -n`).',
+  },
+  PF_DIAL_TIMEOUT: {
+    meaning: 'Connecting to the container did not complete within connectTimeout.',
+    fix: 'Check the container is running and reachable from the host (or from its netns), or raise connectTimeout.',
+  },
+  PF_DIAL_FAILED: {
+    meaning: 'Connecting to the container failed (refused, unreachable).',
+    fix: 'Check the container listens on the container port and that its IP is right; the client was disconnected and the listener keeps serving.',
+  },
+  PF_NETNS_HELPER: {
+    meaning: 'The helper process inside a network namespace could not be started or failed.',
+    fix: 'Check `nsenter` is installed and that portferry may enter the namespace (root, or the owner of the user namespace); portferry restarts the helper on the next connection.',
+  },
+
+  // -- PROXY protocol (src/proxy/proxy-header.ts) --
+  PF_PROXY_HEADER: {
+    meaning: 'A PROXY protocol header could not be built for a connection or datagram.',
+    fix: 'Check the mapping\'s proxyProtocol options; v1 carries only TCP over IPv4/IPv6, use v2 for UDP.',
+  },
+
+  // -- kernel rules (src/rules) --
+  PF_RULES_TOOL_MISSING: {
+    meaning: 'The iptables, ip6tables, nft, sysctl or conntrack command needed for kernel rules is not installed.',
+    fix: 'Install it: `apt-get install -y iptables` (iptables-restore, ip6tables-restore), `nftables` (nft) or `conntrack`.',
+  },
+  PF_RULES_APPLY: {
+    meaning: 'The kernel refused the rules; nothing of that apply remains.',
+    fix: 'Read the tool output in the message; run as root (CAP_NET_ADMIN) and check the nat table modules are available.',
+  },
+  PF_RULES_CHECK: {
+    meaning: 'Some of the expected kernel rules are missing.',
+    fix: 'Run `portferry rules … --apply` with the same arguments to install them again.',
+  },
+
+  // -- benchmarks and namespaces (bench, src/netns) --
+  PF_NOT_ROOT: {
+    meaning: 'The command needs root (to create network namespaces and rules).',
+    fix: 'Run it as root, e.g. `sudo npx portferry …`.',
+  },
+  PF_NETNS_SETUP: {
+    meaning: 'A throwaway network namespace topology could not be created.',
+    fix: 'Install iproute2 (`apt-get install -y iproute2`), run as root, or for rootless mode check that unprivileged user namespaces are enabled (`sysctl user.max_user_namespaces`).',
+  },
+  PF_TOOL_MISSING: {
+    meaning: 'An external tool the command needs is not installed.',
+    fix: 'Install the Debian package named in the message with `apt-get install -y PACKAGE`.',
+  },
+} as const satisfies Record<string, CatalogueEntry>;
+
+export type ErrorCode = keyof typeof CATALOGUE;
+
+export interface PortferryErrorOptions {
+  /** Overrides the catalogue hint with something more specific. */
+  readonly hint?: string;
+  readonly cause?: unknown;
+  /** Facts for logs and JSON output (address, port, mapping …). */
+  readonly details?: Readonly<Record<string, unknown>>;
+  /** For PF_CONFIG_INVALID: every problem found. */
+  readonly problems?: readonly PortferryError[];
+}
+
+export class PortferryError extends Error {
+  readonly code: ErrorCode;
+  readonly hint: string;
+  readonly details: Readonly<Record<string, unknown>>;
+  readonly problems: readonly PortferryError[];
+
+  constructor(code: ErrorCode, message: string, options: PortferryErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'PortferryError';
+    this.code = code;
+    this.hint = options.hint ?? CATALOGUE[code].fix;
+    this.details = options.details ?? {};
+    this.problems = options.problems ?? [];
+  }
+
+  /** Human text: `CODE: message` and `hint: …`, with nested problems indented. */
+  format(): string {
+    const lines = [`${this.code}: ${this.message}`];
+    for (const p of this.problems) {
+      lines.push(`  - ${p.code}: ${p.message}`);
+      lines.push(`    hint: ${p.hint}`);
+    }
+    if (this.problems.length === 0 || this.code !== 'PF_CONFIG_INVALID') lines.push(`  hint: ${this.hint}`);
+    return lines.join('\n');
+  }
+
+  toJSON(): Record<string, unknown> {
+    return {
+      code: this.code,
+      message: this.message,
+      hint: this.hint,
+      ...(Object.keys(this.details).length > 0 ? { details: this.details } : {}),
+      ...(this.problems.length > 0 ? { problems: this.problems.map((p) => p.toJSON()) } : {}),
+    };
+  }
+}
+
+export function isPortferryError(e: unknown): e is PortferryError {
+  return e instanceof PortferryError;
+}
+
+/** The errno code of a Node system error (`EADDRINUSE` …), or undefined. */
+export function errnoCode(e: unknown): string | undefined {
+  if (typeof e === 'object' && e !== null && 'code' in e) {
+    const code = (e as { code: unknown }).code;
+    if (typeof code === 'string') return code;
+  }
+  return undefined;
+}

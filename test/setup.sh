@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the system tools the test suite uses (real kernel, real peers) when they are missing.
+# Only as root, only from Debian's packages; a normal user is told what is missing and the tests
+# that need it skip with that reason (under CI=true they fail instead).
+set -uo pipefail
+declare -A pkg_of=(
+  [ip]=iproute2 [iptables]=iptables [ip6tables]=iptables [nft]=nftables [haproxy]=haproxy
+  [nginx]=nginx [unbound]=unbound [conntrack]=conntrack [socat]=socat [iperf3]=iperf3
+  [nsenter]=util-linux [setpriv]=util-linux [unshare]=util-linux
+)
+
+want=()
+for tool in "${!pkg_of[@]}"; do
+  command -v "$tool" >/dev/null 2>&1 || want+=("${pkg_of[$tool]}")
+done
+[ -x /usr/lib/cni/portmap ] || want+=(containernetworking-plugins)
+[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || want+=(libnginx-mod-stream)
+[ ${#want[@]} -eq 0 ] && exit 0
+mapfile -t want < <(printf '%s\n' "${want[@]}" | sort -u)
+if [ "$(id -u)" != 0 ]; then
+  echo "test/setup.sh: missing packages (tests needing them will skip): ${want[*]}" >&2
+  echo "test/setup.sh: install them with: sudo apt-get install -y ${want[*]}" >&2
+  exit 0
+fi
+echo "test/setup.sh: installing ${want[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null \
+  || { echo "test/setup.sh: apt-get install failed for: ${want[*]}" >&2; exit 1; }
