@@ -1,0 +1,69 @@
+// Turns a failed bind of a host socket (TCP or UDP) into a PortferryError that names the address,
+// the protocol and the mapping, and says what to do. Shared by the TCP and UDP listeners.
+import { readFileSync } from 'node:fs';
+import type { Binding, Endpoint } from '../api.js';
+import { PortferryError, errnoCode } from '../errors.js';
+import { formatEndpoint } from './dialer.js';
+
+const UNPRIVILEGED_PORT_START = '/proc/sys/net/ipv4/ip_unprivileged_port_start';
+
+/** The current value of net.ipv4.ip_unprivileged_port_start, or null when it cannot be read. */
+export function unprivilegedPortStart(): number | null {
+  try {
+    const value = Number.parseInt(readFileSync(UNPRIVILEGED_PORT_START, 'utf8').trim(), 10);
+    return Number.isInteger(value) ? value : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The coded error for a bind that failed with `err`. `address` is the address actually tried when
+ * it differs from `binding.host` (a listener on 0.0.0.0 may bind one socket per local address).
+ */
+export function bindError(err: unknown, binding: Binding, address: Endpoint = binding.host): PortferryError {
+  const errno = errnoCode(err) ?? 'unknown';
+  const proto = binding.mapping.protocol;
+  const where = `${proto} ${formatEndpoint(address)}`;
+  const mapping = `mapping "${binding.mapping.name}" (${binding.mapping.source})`;
+  const details = {
+    mapping: binding.mapping.name,
+    source: binding.mapping.source,
+    protocol: proto,
+    address: formatEndpoint(address),
+    errno,
+  };
+  switch (errno) {
+    case 'EADDRINUSE':
+      return new PortferryError('PF_BIND_ADDRINUSE', `cannot bind ${where} for ${mapping}: the address is already in use`, {
+        cause: err,
+        details,
+        hint: `Stop whatever holds the port (\`ss -lnup${proto === 'tcp' ? 't' : ''} 'sport = :${address.port}'\` shows it) or choose another host port for ${mapping}.`,
+      });
+    case 'EACCES':
+    case 'EPERM': {
+      const start = unprivilegedPortStart();
+      const startText = start === null ? 'unreadable' : String(start);
+      return new PortferryError(
+        'PF_BIND_EACCES',
+        `cannot bind ${where} for ${mapping}: permission denied (port ${address.port}; net.ipv4.ip_unprivileged_port_start is ${startText})`,
+        {
+          cause: err,
+          details: { ...details, unprivilegedPortStart: start },
+          hint:
+            start === null
+              ? 'Run portferry with CAP_NET_BIND_SERVICE, or use a host port of 1024 or above.'
+              : `Use a host port of ${start} or above, or lower the limit: \`sysctl -w net.ipv4.ip_unprivileged_port_start=${address.port}\`, or grant CAP_NET_BIND_SERVICE.`,
+        },
+      );
+    }
+    case 'EADDRNOTAVAIL':
+      return new PortferryError(
+        'PF_BIND_ADDRNOTAVAIL',
+        `cannot bind ${where} for ${mapping}: ${address.ip} is not an address of this host (or of this network namespace)`,
+        { cause: err, details },
+      );
+    default:
+      return new PortferryError('PF_BIND_FAILED', `cannot bind ${where} for ${mapping}: ${errno}`, { cause: err, details });
+  }
+}
