@@ -1,0 +1,30 @@
+// The command line: the only place that reads argv and env, wires modules, and picks exit codes.
+import { Command, CommanderError } from 'commander';
+import { readFileSync } from 'node:fs';
+import { registerDemoCommand } from './demo.js';
+import { registerRunCommand } from './run.js';
+import { registerValidateCommand } from './validate.js';
+import { EXIT_USAGE } from './common.js';
+
+const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+
+const program = new Command()
+  .name('portferry')
+  .description('userspace TCP/UDP port forwarder for containers (the fallback when kernel DNAT is unavailable)')
+  .version(pkg.version)
+  .showHelpAfterError('(run with --help for usage)')
+  .exitOverride();
+
+registerRunCommand(program);
+registerValidateCommand(program);
+registerDemoCommand(program);
+
+try {
+  await program.parseAsync(process.argv);
+} catch (err) {
+  if (err instanceof CommanderError) {
+    process.exitCode = err.exitCode === 0 ? 0 : EXIT_USAGE;
+  } else {
+    throw err;
+  }
+}

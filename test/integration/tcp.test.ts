@@ -1,0 +1,237 @@
+// The TCP data path on real sockets: integrity, half-close, resets, backend down, ranges, IPv6.
+import t from 'tap';
+import net from 'node:net';
+import { spawn } from 'node:child_process';
+import { loadMappings } from '../../src/config/index.js';
+import { testMapping } from '../helpers/mapping.js';
+import { connect, echoRoundTrip, echoServer, freePort, randomPayload, readAll, sha256, startManager, startServer, until } from '../helpers/net.js';
+
+const MiB = 1024 * 1024;
+
+t.test('200 concurrent connections each echo 4 MiB intact (SHA-256)', async (t) => {
+  const echo = await echoServer(t.teardown);
+  const mappings = [testMapping({ containerPort: echo.port })];
+  const fwd = await startManager(t.teardown, mappings);
+  const port = fwd.port();
+  const results = await Promise.all(
+    Array.from({ length: 200 }, async () => {
+      const payload = randomPayload(4 * MiB);
+      const r = await echoRoundTrip(port, payload);
+      return { sent: sha256(payload), got: sha256(r.received), len: r.received.length };
+    }),
+  );
+  const bad = results.filter((r) => r.sent !== r.got);
+  t.equal(bad.length, 0, 'every connection got back exactly what it sent');
+  t.equal(results.reduce((n, r) => n + r.len, 0), 200 * 4 * MiB, 'byte count matches');
+  await until(() => fwd.manager.stats()[0]?.stats.protocol === 'tcp' && (fwd.manager.stats()[0]?.stats as { active: number }).active === 0, 10_000, 'relays to finish');
+  const s = fwd.manager.stats()[0]?.stats;
+  t.match(s, { accepted: 200, bytesToContainer: 200 * 4 * MiB, bytesToClient: 200 * 4 * MiB }, 'stats count every byte');
+});
+
+// A server that reads the whole request until EOF, then answers `size` bytes and ends.
+async function replyAfterEofServer(t: { teardown: (fn: () => unknown) => void }, size: number, seen: { requestBytes: number; sawEof: boolean }[]) {
+  return startServer(t.teardown, (s) => {
+    const rec = { requestBytes: 0, sawEof: false };
+    seen.push(rec);
+    s.on('data', (c: Buffer) => (rec.requestBytes += c.length));
+    s.on('end', () => {
+      rec.sawEof = true;
+      s.end(Buffer.alloc(size, 7));
+    });
+  });
+}
+
+t.test('half-close: client ends its write side and still receives a 16 MiB reply', async (t) => {
+  const seen: { requestBytes: number; sawEof: boolean }[] = [];
+  const server = await replyAfterEofServer(t, 16 * MiB, seen);
+  const fwd = await startManager(t.teardown, [testMapping({ containerPort: server.port })]);
+  const s = await connect(fwd.port());
+  const result = readAll(s);
+  s.end(Buffer.from('GET /big\r\n'));
+  const r = await result;
+  t.equal(r.ended, 'eof', 'the reply ends with a clean EOF');
+  t.equal(r.data.length, 16 * MiB, 'the whole reply arrived');
+  t.ok(r.data.every((b) => b === 7), 'reply bytes are intact');
+  t.same(seen, [{ requestBytes: 10, sawEof: true }], 'the server saw the request and then EOF');
+  s.destroy();
+});
+
+t.test('half-close, the other way: server ends first while the client keeps sending 16 MiB', async (t) => {
+  let serverGot = 0;
+  let serverSawEof = false;
+  const done = new Promise<void>((resolve) => {
+    void startServer(t.teardown, (s) => {
+      s.end(Buffer.from('hello, then I stop talking\n')); // server half-closes at once
+      s.on('data', (c: Buffer) => (serverGot += c.length));
+      s.on('end', () => {
+        serverSawEof = true;
+        s.destroy();
+        resolve();
+      });
+    }).then((srv) => start(srv.port));
+  });
+  let clientResult: Promise<{ data: Buffer; ended: string }> | undefined;
+  async function start(port: number): Promise<void> {
+    const fwd = await startManager(t.teardown, [testMapping({ containerPort: port })]);
+    const s = await connect(fwd.port());
+    clientResult = readAll(s);
+    await new Promise<void>((r) => s.once('end', () => r())); // EOF from the server first
+    s.end(Buffer.alloc(16 * MiB, 3)); // then the client sends its 16 MiB and ends
+  }
+  await done;
+  const r = await clientResult;
+  t.equal(r?.data.toString(), 'hello, then I stop talking\n', 'client got the greeting and EOF');
+  t.equal(serverGot, 16 * MiB, 'server received every byte after it had half-closed');
+  t.ok(serverSawEof, 'server saw EOF');
+});
+
+t.test('a reset from the server is seen as a reset by the client', async (t) => {
+  const server = await startServer(t.teardown, (s) => {
+    s.once('data', () => s.resetAndDestroy());
+  });
+  const fwd = await startManager(t.teardown, [testMapping({ containerPort: server.port })]);
+  const s = await connect(fwd.port());
+  const r = readAll(s);
+  s.write('please reset me');
+  const res = await r;
+  t.equal(res.ended, 'error', 'not a clean EOF');
+  t.equal(res.errorCode, 'ECONNRESET', 'the client sees ECONNRESET');
+  await until(() => (fwd.manager.stats()[0]?.stats as { active: number }).active === 0, 5000, 'relay to end');
+  const reasons = fwd.records.filter((r) => r['msg'] === 'connection closed').map((r) => r['reason']);
+  t.same(reasons, ['container-reset'], 'the relay logged why it ended');
+});
+
+t.test('a reset from the client is seen as a reset by the server', async (t) => {
+  let serverResult: Promise<{ ended: string; errorCode?: string }> | undefined;
+  const gotSocket = new Promise<void>((resolve) => {
+    void startServer(t.teardown, (s) => {
+      serverResult = readAll(s);
+      s.once('data', () => resolve());
+    }).then(async (srv) => {
+      const fwd = await startManager(t.teardown, [testMapping({ containerPort: srv.port })]);
+      const c = await connect(fwd.port());
+      c.write('hello');
+      await gotSocket;
+      c.resetAndDestroy();
+    });
+  });
+  await gotSocket;
+  const res = await serverResult;
+  t.equal(res?.ended, 'error', 'not a clean EOF');
+  t.equal(res?.errorCode, 'ECONNRESET', 'the server sees ECONNRESET');
+});
+
+t.test('container port closed: the client is cut promptly, the listener keeps serving, and works once the backend is up', async (t) => {
+  const backendPort = await freePort();
+  const fwd = await startManager(t.teardown, [testMapping({ containerPort: backendPort })]);
+  for (let i = 0; i < 3; i++) {
+    const s = await connect(fwd.port());
+    const r = await readAll(s);
+    t.equal(r.data.length, 0, `attempt ${i}: no data`);
+    t.equal(r.errorCode, 'ECONNRESET', `attempt ${i}: the client is told by a reset`);
+  }
+  const st = fwd.manager.stats()[0]?.stats as { dialFailures: number };
+  t.equal(st.dialFailures, 3, 'dial failures are counted');
+  // Now the backend comes up on that very port.
+  const server = net.createServer({ allowHalfOpen: true }, (s) => s.pipe(s));
+  await new Promise<void>((r) => server.listen(backendPort, '127.0.0.1', () => r()));
+  t.teardown(() => new Promise<void>((r) => server.close(() => r())));
+  const r = await echoRoundTrip(fwd.port(), Buffer.from('back again'));
+  t.equal(r.received.toString(), 'back again', 'the same listener serves once the backend is up');
+});
+
+t.test('connect timeout: a container that never answers the SYN is given up on, and the client is reset', async (t) => {
+  // A listener in a stopped process: once its small backlog is full, the kernel drops further SYNs,
+  // so a dial to it hangs until our connectTimeout.
+  const child = spawn(process.execPath, ['-e', "const s=require('net').createServer();s.listen({port:0,host:'127.0.0.1',backlog:1},()=>{console.log(s.address().port)})"], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.teardown(() => {
+    child.kill('SIGKILL');
+  });
+  const port = await new Promise<number>((resolve) => child.stdout?.once('data', (d: Buffer) => resolve(Number(d.toString().trim()))));
+  process.kill(child.pid as number, 'SIGSTOP');
+  const fillers: net.Socket[] = [];
+  t.teardown(() => fillers.forEach((f) => f.destroy()));
+  for (let i = 0; i < 4; i++) {
+    const f = net.connect({ port, host: '127.0.0.1' });
+    f.on('error', () => {});
+    fillers.push(f);
+  }
+  await new Promise((r) => setTimeout(r, 200)); // let the fillers' handshakes reach the queue
+  const fwd = await startManager(t.teardown, [testMapping({ containerPort: port, connectTimeoutMs: 300 })]);
+  const s = await connect(fwd.port());
+  const r = await readAll(s);
+  t.equal(r.errorCode, 'ECONNRESET', 'the client is reset after the connect timeout');
+  const rec = fwd.records.find((x) => x['msg'] === 'dial to container failed');
+  t.equal(rec?.['err'], 'PF_DIAL_TIMEOUT', 'logged as a dial timeout');
+});
+
+t.test('IPv6: [::1]:P:[::1]:Q works, and 0.0.0.0 does not bind ::', async (t) => {
+  const echo6 = await echoServer(t.teardown, '::1');
+  const fwd = await startManager(t.teardown, [testMapping({ hostIP: '::1', containerIP: '::1', containerPort: echo6.port })]);
+  const addr = fwd.manager.listeners()[0]?.address();
+  t.equal(addr?.ip, '::1', 'bound on ::1');
+  const r = await echoRoundTrip(fwd.port(), Buffer.from('over IPv6'), '::1');
+  t.equal(r.received.toString(), 'over IPv6');
+
+  const port = await freePort('0.0.0.0');
+  const echo4 = await echoServer(t.teardown);
+  const fwd4 = await startManager(t.teardown, await loadMappings({ specs: [`0.0.0.0:${port}:127.0.0.1:${echo4.port}`] }));
+  t.equal(fwd4.manager.listeners().length, 1, 'one listener for 0.0.0.0');
+  const r4 = await echoRoundTrip(port, Buffer.from('v4'), '127.0.0.1');
+  t.equal(r4.received.toString(), 'v4', 'IPv4 reaches it');
+  const err = await connect(port, '::1').then(
+    (s) => {
+      s.destroy();
+      return 'connected';
+    },
+    (e: NodeJS.ErrnoException) => e.code,
+  );
+  t.equal(err, 'ECONNREFUSED', 'nothing listens on [::1] for a 0.0.0.0 mapping');
+  // and :: on the same port is free for someone else
+  const other = net.createServer();
+  await new Promise<void>((resolve, reject) => {
+    other.once('error', reject);
+    other.listen({ host: '::', port, ipv6Only: true }, () => resolve());
+  });
+  other.close();
+  t.pass(':: with the same port can still be bound');
+});
+
+t.test('no host IP binds both 0.0.0.0 and ::', async (t) => {
+  const echo = await echoServer(t.teardown);
+  const port = await freePort('0.0.0.0');
+  const fwd = await startManager(t.teardown, await loadMappings({ specs: [`${port}:127.0.0.1:${echo.port}`] }));
+  t.same(fwd.manager.listeners().map((l) => l.address()?.ip).sort(), ['0.0.0.0', '::'], 'two listeners');
+  t.equal((await echoRoundTrip(port, Buffer.from('a'), '127.0.0.1')).received.toString(), 'a', 'IPv4 path');
+  t.equal((await echoRoundTrip(port, Buffer.from('b'), '::1')).received.toString(), 'b', 'IPv6 path');
+});
+
+t.test('idle timeout closes a silent connection; traffic keeps it open', async (t) => {
+  const echo = await echoServer(t.teardown);
+  const fwd = await startManager(t.teardown, [testMapping({ containerPort: echo.port, idleTimeoutMs: 300 })]);
+  const s = await connect(fwd.port());
+  const r = readAll(s);
+  for (let i = 0; i < 5; i++) {
+    s.write('x');
+    await new Promise((res) => setTimeout(res, 100));
+  }
+  const res = await r; // then silence: the forwarder closes it
+  t.equal(res.data.toString(), 'xxxxx', 'echoed while active');
+  await until(() => fwd.records.some((x) => x['reason'] === 'idle-timeout'), 5000, 'idle-timeout log');
+  t.pass('closed for idleness');
+});
+
+t.test('maxConnections refuses connections over the limit and counts them', async (t) => {
+  const echo = await echoServer(t.teardown);
+  const fwd = await startManager(t.teardown, [testMapping({ containerPort: echo.port, maxConnections: 2 })]);
+  const a = await connect(fwd.port());
+  const b = await connect(fwd.port());
+  a.write('1');
+  b.write('2');
+  await until(() => (fwd.manager.stats()[0]?.stats as { active: number }).active === 2, 5000, 'two active');
+  const rc = await readAll(net.connect({ port: fwd.port(), host: '127.0.0.1' }));
+  t.equal(rc.errorCode, 'ECONNRESET', 'the third is refused with a reset');
+  t.equal((fwd.manager.stats()[0]?.stats as { refused: number }).refused, 1, 'refusal counted');
+  a.destroy();
+  b.destroy();
+});
