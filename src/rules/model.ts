@@ -144,18 +144,21 @@ function checkEntry(e: PortMapEntry, place: string): void {
 }
 
 function crossFamilyWarnings(targets: readonly PortmapTarget[]): string[] {
-  const out: string[] = [];
+  // A host IP is served when the container has an address of its family; otherwise nothing can.
+  const families = new Set(targets.map((t) => t.net.family));
+  const out = new Set<string>();
   for (const t of targets) {
     for (const e of t.entries) {
-      if (e.hostIP !== '' && familyOf(e.hostIP) !== t.net.family) {
-        out.push(
-          `${e.protocol}/${e.hostIP}:${e.hostPort}: host IP is IPv${familyOf(e.hostIP) ?? '?'} but the container address ${t.net.ip} is IPv${t.net.family}; ` +
+      const hf = e.hostIP === '' ? null : familyOf(e.hostIP);
+      if (hf !== null && !families.has(hf)) {
+        out.add(
+          `${e.protocol}/${e.hostIP}:${e.hostPort}: host IP is IPv${hf} but the container has no IPv${hf} address; ` +
             'the kernel cannot DNAT across families, so no rule forwards it (use the userspace forwarder)',
         );
       }
     }
   }
-  return out;
+  return [...out];
 }
 
 function sortTargets(targets: PortmapTarget[]): readonly PortmapTarget[] {
