@@ -83,7 +83,7 @@ export function describeMapping(m: Mapping): Record<string, unknown> {
   return {
     name: m.name,
     protocol: m.protocol,
-    hostIP: m.hostIP ?? '0.0.0.0+::',
+    hostIP: m.hostIP ?? '*',
     hostPort: range(m.hostPort, m.hostPortEnd),
     containerIP: m.containerIP,
     containerPort: range(m.containerPort, m.containerPortEnd),

@@ -56,8 +56,14 @@ export function registerDemoCommand(program: Command): void {
         await new Promise<void>((r) => backend.close(() => r()));
       };
       try {
-        const start = async (port: string): Promise<Forwarder> =>
-          startForwarder(await loadMappings({ specs: [`127.0.0.1:${port}:127.0.0.1:${backendPort}/tcp`] }), logger);
+        const start = async (port: string): Promise<Forwarder> => {
+          // Port 0 (any free port) is not a valid published port in a config, so the demo asks for
+          // a placeholder port and lets the kernel choose.
+          const any = port === '0';
+          const [m] = await loadMappings({ specs: [`127.0.0.1:${any ? '1' : port}:127.0.0.1:${backendPort}/tcp`] });
+          if (m === undefined) throw new Error('demo mapping missing');
+          return startForwarder([any ? { ...m, name: 'demo', hostPort: 0, hostPortEnd: 0 } : { ...m, name: 'demo' }], logger);
+        };
         try {
           forwarder = await start(flags.port);
         } catch (err) {

@@ -47,7 +47,7 @@ export async function startForwarder(mappings: readonly Mapping[], logger: Logge
     const a = l.address() ?? l.binding.host;
     return `${l.binding.mapping.protocol} ${formatHostPort(a.ip, a.port)} -> ${formatHostPort(l.binding.container.ip, l.binding.container.port)}`;
   });
-  logger.info({ mappings: mappings.map(describeMapping), listeners: listening.length <= 20 ? listening : [...listening.slice(0, 20), `… and ${listening.length - 20} more`] }, 'ready');
+  logger.info({ mappings: mappings.map(describeMapping), bound: listening.length, listeners: listening.length <= 20 ? listening : [...listening.slice(0, 20), `… and ${listening.length - 20} more`] }, 'ready');
   return {
     manager,
     async stop(graceMs: number): Promise<void> {

@@ -1,6 +1,6 @@
 // `portferry validate`: check the mappings exactly as `run` would, print them normalised, exit 1 on error.
 import type { Command } from 'commander';
-import { expandBindings } from '../config/validate.js';
+import { expandBindings, formatHostPort } from '../config/validate.js';
 import { EXIT_OK, describeMapping, loadFromFlags, mappingOptions, reportError, type MappingFlags } from './common.js';
 
 export function registerValidateCommand(program: Command): void {
@@ -16,7 +16,8 @@ export function registerValidateCommand(program: Command): void {
           for (const m of mappings) {
             const d = describeMapping(m);
             const extras = Object.entries(d).filter(([k]) => !['name', 'protocol', 'hostIP', 'hostPort', 'containerIP', 'containerPort'].includes(k)).map(([k, v]) => ` ${k}=${String(v)}`).join('');
-            process.stdout.write(`${m.name}: ${m.protocol} ${String(d['hostIP'])}:${String(d['hostPort'])} -> ${m.containerIP}:${String(d['containerPort'])} (${expandBindings(m).length} listener${expandBindings(m).length === 1 ? '' : 's'})${extras}\n`);
+            const listeners = expandBindings(m).length;
+            process.stdout.write(`${m.name}: ${m.protocol} ${formatHostPort(m.hostIP, String(d['hostPort']))} -> ${formatHostPort(m.containerIP, String(d['containerPort']))} (${listeners} listener${listeners === 1 ? '' : 's'}${m.hostIP === null ? ' on 0.0.0.0 and ::' : ''})${extras}\n`);
           }
           process.stdout.write(`ok: ${mappings.length} mapping${mappings.length === 1 ? '' : 's'}\n`);
         }

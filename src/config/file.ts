@@ -17,10 +17,23 @@ function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
+/** Levenshtein distance, for "did you mean" on misspelt keys. */
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++) {
+      cur[j] = Math.min((prev[j] ?? 0) + 1, (cur[j - 1] ?? 0) + 1, (prev[j - 1] ?? 0) + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    prev = cur;
+  }
+  return prev[b.length] ?? 0;
+}
+
 function unknownKeys(obj: Record<string, unknown>, allowed: readonly string[], place: string, file: string, problems: PortferryError[]): void {
   for (const key of Object.keys(obj)) {
     if (!allowed.includes(key)) {
-      const near = allowed.find((a) => a.toLowerCase() === key.toLowerCase());
+      const near = allowed.find((a) => editDistance(a.toLowerCase(), key.toLowerCase()) <= 2);
       problems.push(
         new PortferryError('PF_CONFIG_KEY', `${file}: ${place}${place === '' ? '' : '.'}${key}: unknown key "${key}"${near !== undefined ? ` (did you mean "${near}"?)` : ''}; allowed here: ${allowed.join(', ')}`, {
           details: { file, place: `${place}${place === '' ? '' : '.'}${key}` },
@@ -37,7 +50,7 @@ function unknownKeys(obj: Record<string, unknown>, allowed: readonly string[], p
 export function parseConfigText(text: string, file: string, options: { containerIP?: string } = {}): ParsedFile {
   const problems: PortferryError[] = [];
   const raws: RawMapping[] = [];
-  const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true });
+  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
   if (doc.errors.length > 0) {
     for (const err of doc.errors) {
       const pos = err.linePos?.[0];

@@ -11,7 +11,7 @@ import { DirectDialer, type Dialer } from '../../src/proxy/dialer.js';
 import { memoryLogger } from '../../src/log.js';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-export const cliPath = path.join(repoRoot, 'bin/portferry');
+export const cliPath = path.join(repoRoot, 'bin/portferry.js');
 
 interface Closable {
   close(): Promise<void>;
@@ -110,7 +110,7 @@ export interface CliProcess {
 
 /** Runs `node bin/portferry ...args` (the built dist). Killed by PID in teardown if still running. */
 export function runCli(teardown: Teardown, args: readonly string[], env: NodeJS.ProcessEnv = {}): CliProcess {
-  const child = spawn(process.execPath, [cliPath, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [cliPath, ...args], { env: { ...cleanEnv(), ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stdout?.setEncoding('utf8').on('data', (c: string) => (out += c));
@@ -135,6 +135,14 @@ export function runCli(teardown: Teardown, args: readonly string[], env: NodeJS.
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   });
   return { child, stdout: () => out, stderr: () => err, exited, ready };
+}
+
+/** This process's environment without the test runner's loader hooks, for child processes running dist/. */
+export function cleanEnv(): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  delete env['NODE_OPTIONS'];
+  for (const k of Object.keys(env)) if (k.startsWith('TAP') || k.startsWith('_TAPJS')) delete env[k];
+  return env;
 }
 
 /** A port that was free a moment ago (bind 0, read, release). */

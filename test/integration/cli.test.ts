@@ -1,0 +1,178 @@
+// The CLI as users run it: a child process running the built dist, readiness from its `ready` line.
+import t from 'tap';
+import net from 'node:net';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { cleanEnv, cliPath, connect, echoRoundTrip, echoServer, freePort, readAll, runCli, startServer, until } from '../helpers/net.js';
+
+t.test('validate prints normalised mappings, exit 0; bad input exits 1 naming every problem', async (t) => {
+  const ok = runCli(t.teardown, ['validate', '-p', '127.0.0.1:8080:10.88.0.2:80', '-p', '[::1]:5353:[fd00::2]:53/udp']);
+  t.equal(await ok.exited, 0);
+  t.match(ok.stdout(), /tcp\/127\.0\.0\.1:8080: tcp 127\.0\.0\.1:8080 -> 10\.88\.0\.2:80/);
+  t.match(ok.stdout(), /udp\/\[::1\]:5353/);
+  t.match(ok.stdout(), /ok: 2 mappings/);
+  const bad = runCli(t.teardown, ['validate', '-p', '0:10.0.0.1:80', '-p', '8080:10.0.0.1:80-81']);
+  t.equal(await bad.exited, 1, 'exit 1');
+  t.match(bad.stderr(), /PF_CONFIG_INVALID/);
+  t.match(bad.stderr(), /PF_PORT_INVALID: -p 0:10\.0\.0\.1:80/);
+  t.match(bad.stderr(), /PF_PORT_RANGE/);
+  t.match(bad.stderr(), /hint:/);
+  const usage = runCli(t.teardown, ['run', '--log-format', 'xml', '-p', '8080:10.0.0.1:80']);
+  t.equal(await usage.exited, 2, 'a bad flag is a usage error (exit 2)');
+});
+
+t.test('a taken port fails with PF_BIND_ADDRINUSE naming the address, exit 1, nothing left bound', async (t) => {
+  const holder = await startServer(t.teardown, () => {});
+  const other = await freePort();
+  const p = runCli(t.teardown, ['run', '-p', `127.0.0.1:${other}:127.0.0.1:9`, '-p', `127.0.0.1:${holder.port}:127.0.0.1:9`]);
+  t.equal(await p.exited, 1);
+  t.match(p.stderr(), new RegExp(`PF_BIND_ADDRINUSE: .*tcp 127\\.0\\.0\\.1:${holder.port}.*mapping "tcp/127\\.0\\.0\\.1:${holder.port}".*already in use`));
+  t.match(p.stderr(), /hint: .*ss -/);
+  // The other mapping was bound and released again: its port is free.
+  const s = net.createServer();
+  await new Promise<void>((resolve, reject) => {
+    s.once('error', reject);
+    s.listen(other, '127.0.0.1', () => resolve());
+  });
+  s.close();
+  t.pass('the mapping that did bind was released (all or nothing)');
+});
+
+t.test('a 100-port range binds 100 listeners in one process; 20057 reaches 30057', async (t) => {
+  // The acceptance test's own ports. Each backend answers with its own port number.
+  const backends: net.Server[] = [];
+  t.teardown(() => backends.forEach((b) => b.close()));
+  for (const port of [30000, 30057, 30099]) {
+    const b = net.createServer((s) => s.end(`backend ${port}\n`));
+    await new Promise<void>((resolve, reject) => {
+      b.once('error', reject);
+      b.listen(port, '127.0.0.1', () => resolve());
+    });
+    backends.push(b);
+  }
+  const p = runCli(t.teardown, ['run', '-p', '127.0.0.1:20000-20099:127.0.0.1:30000-30099']);
+  const ready = await p.ready;
+  t.equal(ready['bound'], 100, 'ready reports 100 listeners');
+  t.equal(p.child.pid !== undefined, true, 'one process');
+  for (const [host, expect] of [[20057, 'backend 30057'], [20000, 'backend 30000'], [20099, 'backend 30099']] as const) {
+    const sock = await connect(host);
+    const r = await readAll(sock);
+    sock.destroy();
+    t.equal(r.data.toString().trim(), expect, `${host} reaches ${expect}`);
+  }
+  p.child.kill('SIGTERM');
+  t.equal(await p.exited, 0, 'exits 0 on SIGTERM');
+});
+
+t.test('logs: one ready line, nothing per connection at info level', async (t) => {
+  const echo = await echoServer(t.teardown);
+  const port = await freePort();
+  const p = runCli(t.teardown, ['run', '-p', `127.0.0.1:${port}:127.0.0.1:${echo.port}`]);
+  const ready = await p.ready;
+  t.match(ready, { level: 30, msg: 'ready', mappings: [{ hostPort: String(port), containerIP: '127.0.0.1' }] });
+  for (let i = 0; i < 5; i++) await echoRoundTrip(port, Buffer.from('hi'));
+  p.child.kill('SIGTERM');
+  t.equal(await p.exited, 0);
+  const lines = p.stderr().trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+  t.same(lines.map((l) => l['msg']), ['ready', 'stopping: no new connections; open ones may finish', 'stopped'], 'no per-connection lines');
+});
+
+t.test('SIGTERM with a transfer in flight: the transfer completes, then exit 0', async (t) => {
+  const echo = await echoServer(t.teardown);
+  const port = await freePort();
+  const p = runCli(t.teardown, ['run', '--drain-timeout', '20s', '-p', `127.0.0.1:${port}:127.0.0.1:${echo.port}`]);
+  await p.ready;
+  const s = await connect(port);
+  const got = readAll(s);
+  const sent = createHash('sha256');
+  const chunk = Buffer.alloc(256 * 1024);
+  let total = 0;
+  // First chunk, then SIGTERM, then the rest of the transfer (paced), then end.
+  for (let i = 0; i < 64; i++) {
+    chunk.fill(i);
+    sent.update(chunk);
+    total += chunk.length;
+    s.write(chunk);
+    if (i === 0) {
+      await new Promise((r) => setTimeout(r, 50));
+      p.child.kill('SIGTERM');
+      await until(() => p.stderr().includes('stopping'), 5000, 'the forwarder to start draining');
+      // New connections are refused while draining.
+      const refused = await connect(port).then((c) => (c.destroy(), 'connected'), (e: NodeJS.ErrnoException) => e.code);
+      t.equal(refused, 'ECONNREFUSED', 'no new connections after SIGTERM');
+    }
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  s.end();
+  const r = await got;
+  t.equal(r.ended, 'eof', 'clean end');
+  t.equal(r.data.length, total, 'every byte came back');
+  t.equal(createHash('sha256').update(r.data).digest('hex'), sent.digest('hex'), 'intact');
+  t.equal(await p.exited, 0, 'then the process exits 0');
+});
+
+t.test('SIGTERM: connections still open after the drain timeout are closed, exit 0', async (t) => {
+  const echo = await echoServer(t.teardown);
+  const port = await freePort();
+  const p = runCli(t.teardown, ['run', '--drain-timeout', '300ms', '-p', `127.0.0.1:${port}:127.0.0.1:${echo.port}`]);
+  await p.ready;
+  const s = await connect(port);
+  const r = readAll(s);
+  s.write('stay open');
+  await until(() => s.bytesRead === 9, 5000, 'the echo');
+  p.child.kill('SIGTERM');
+  const res = await r; // the client never closes: only the forwarder can end this
+  t.equal(res.data.toString(), 'stay open');
+  t.ok(res.ended === 'eof' || res.ended === 'error', `the open connection was closed after the drain timeout (${res.ended})`);
+  t.equal(await p.exited, 0);
+});
+
+t.test('descriptor exhaustion: new connections fail, and the same listener serves again once descriptors free up', async (t) => {
+  const echo = await echoServer(t.teardown);
+  const port = await freePort();
+  const child = spawn('sh', ['-c', `ulimit -n 64 && exec "${process.execPath}" "${cliPath}" run -p 127.0.0.1:${port}:127.0.0.1:${echo.port}`], { stdio: ['ignore', 'ignore', 'pipe'], env: cleanEnv() });
+  t.teardown(() => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
+  let stderr = '';
+  child.stderr?.setEncoding('utf8').on('data', (c: string) => (stderr += c));
+  await until(() => stderr.includes('"msg":"ready"'), 10_000, 'ready');
+
+  // Open connections and keep them until one fails: each costs the forwarder two descriptors.
+  const held: net.Socket[] = [];
+  t.teardown(() => held.forEach((s) => s.destroy()));
+  let failures = 0;
+  for (let i = 0; i < 60 && failures < 3; i++) {
+    const s = net.connect({ port, host: '127.0.0.1' });
+    const res = await new Promise<string>((resolve) => {
+      s.once('error', () => resolve('failed'));
+      s.once('close', () => resolve('failed'));
+      s.once('data', () => resolve('ok'));
+      s.write('x');
+    });
+    if (res === 'ok') held.push(s);
+    else failures++;
+  }
+  t.ok(held.length > 5, `some connections were served (${held.length})`);
+  t.ok(failures >= 1, `with descriptors exhausted, new connections failed (${failures})`);
+  held.forEach((s) => s.destroy());
+  held.length = 0;
+  // Once descriptors free up, the same process and listener serve again.
+  await until(async () => {
+    try {
+      const r = await echoRoundTrip(port, Buffer.from('alive'));
+      return r.received.toString() === 'alive';
+    } catch {
+      return false;
+    }
+  }, 10_000, 'the listener to serve again');
+  t.equal(child.exitCode, null, 'the forwarder never exited');
+  t.match(stderr, /"acceptErrors"|connecting to the container failed/, 'the failure was logged (rate-limited)');
+});
+
+t.test('demo --once checks the path end to end and exits 0', async (t) => {
+  const p = runCli(t.teardown, ['demo', '--once', '--port', '0']);
+  t.equal(await p.exited, 0, p.stderr());
+  t.match(p.stdout(), /published: http:\/\/127\.0\.0\.1:\d+\/ -> 127\.0\.0\.1:\d+ through portferry/);
+  t.match(p.stdout(), /ok: GET .* answered 200: hello from the portferry demo backend/);
+});
