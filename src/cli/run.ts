@@ -3,7 +3,9 @@
 import type { Command } from 'commander';
 import type { Mapping } from '../api.js';
 import { DEFAULTS } from '../config/defaults.js';
-import { formatHostPort } from '../config/validate.js';
+import { formatHostPort, throwIfProblems } from '../config/validate.js';
+import { PortferryError } from '../errors.js';
+import { NetnsDialer, validateNetnsPath } from '../netns/helper.js';
 import { createLogger, type Logger, type LogFormat, type LogLevel } from '../log.js';
 import { DirectDialer, type Dialer } from '../proxy/dialer.js';
 import { Manager } from '../proxy/manager.js';
@@ -24,8 +26,10 @@ export function makeDialerFor(logger: Logger): { dialerFor: (m: Mapping) => Dial
       if (m.netns === null) return direct;
       const existing = byNetns.get(m.netns);
       if (existing !== undefined) return existing;
-      void logger;
-      throw new Error('netns dialer not wired yet');
+      const userns = usernsFor(m.netns);
+      const dialer = new NetnsDialer({ netnsPath: m.netns, logger, ...(userns !== undefined ? { userns } : {}) });
+      byNetns.set(m.netns, dialer);
+      return dialer;
     },
     async closeAll(): Promise<void> {
       await Promise.all([...byNetns.values()].map((d) => d.close()));
@@ -33,8 +37,33 @@ export function makeDialerFor(logger: Logger): { dialerFor: (m: Mapping) => Dial
   };
 }
 
+/**
+ * Rootless: a namespace of another process (/proc/PID/ns/net) is owned by that process's user
+ * namespace, which an unprivileged forwarder must enter too (as rootlesskit's child does).
+ */
+function usernsFor(netnsPath: string): string | undefined {
+  if (process.getuid?.() === 0) return undefined;
+  const m = /^\/proc\/(\d+)\/ns\/net$/.exec(netnsPath);
+  return m === null ? undefined : `/proc/${m[1]}/ns/user`;
+}
+
+/** Every distinct netns path must be a network namespace before anything is bound. */
+async function checkNetnsPaths(mappings: readonly Mapping[]): Promise<void> {
+  const paths = [...new Set(mappings.flatMap((m) => (m.netns === null ? [] : [m.netns])))];
+  const problems: PortferryError[] = [];
+  for (const p of paths) {
+    try {
+      await validateNetnsPath(p);
+    } catch (err) {
+      problems.push(err instanceof PortferryError ? err : new PortferryError('PF_NETNS_INVALID', `${p}: ${String(err)}`));
+    }
+  }
+  throwIfProblems(problems);
+}
+
 /** Binds every mapping and logs `ready`. Throws (a PortferryError) with nothing left bound. */
 export async function startForwarder(mappings: readonly Mapping[], logger: Logger): Promise<Forwarder> {
+  await checkNetnsPaths(mappings);
   const dialers = makeDialerFor(logger);
   const manager = new Manager({ logger, dialerFor: dialers.dialerFor });
   try {

@@ -7,7 +7,7 @@ import { expandBindings, findConflicts, formatHostPort, throwIfProblems } from '
 import type { Logger } from '../log.js';
 import type { Dialer } from './dialer.js';
 import { TcpListener } from './tcp.js';
-// TEMP import { UdpListener } from './udp.js';
+import { UdpListener } from './udp.js';
 
 export interface ManagerDeps {
   readonly logger: Logger;
@@ -100,6 +100,6 @@ export class Manager {
     const { mapping } = binding;
     const logger = this.deps.logger.child({ mapping: mapping.name, proto: mapping.protocol, host: formatHostPort(binding.host.ip, binding.host.port), target: formatHostPort(binding.container.ip, binding.container.port) });
     const deps = { dialer: this.deps.dialerFor(mapping), logger };
-    return mapping.protocol === 'tcp' ? new TcpListener(binding, deps) : (() => { throw new Error('udp pending'); })();
+    return mapping.protocol === 'tcp' ? new TcpListener(binding, deps) : new UdpListener(binding, deps);
   }
 }

@@ -10,6 +10,7 @@ import type { Logger } from '../log.js';
 import { bindError } from './bind-error.js';
 import type { Dialer } from './dialer.js';
 import { buildConnectionHeader } from './header-hook.js';
+import { newUniqueId } from './proxy-header.js';
 import { Relay } from './relay.js';
 
 export interface TcpListenerDeps {
@@ -170,9 +171,19 @@ export class TcpListener implements Listener {
           this.drainCheck();
           return;
         }
-        const header = buildConnectionHeader(this.binding, client, id);
+        const uniqueId = mapping.proxyTlvs.uniqueId ? newUniqueId() : null;
+        let header: Buffer | null;
+        try {
+          header = buildConnectionHeader(this.binding, client, uniqueId);
+        } catch (err) {
+          this.warnLimited('header', { err: errnoCode(err) ?? (err as Error).message }, 'cannot build the PROXY header; the connection is closed');
+          container.destroy();
+          client.resetAndDestroy();
+          this.drainCheck();
+          return;
+        }
         if (header !== null) container.write(header); // one write, before any client byte (the client is still paused)
-        this.startRelay(id, client, container);
+        this.startRelay(id, client, container, uniqueId);
       },
       (err: unknown) => {
         this.dialling.delete(client);
@@ -192,7 +203,7 @@ export class TcpListener implements Listener {
     );
   }
 
-  private startRelay(id: number, client: net.Socket, container: net.Socket): void {
+  private startRelay(id: number, client: net.Socket, container: net.Socket, uniqueId: Buffer | null): void {
     const { mapping } = this.binding;
     const relay = new Relay(client, container, { idleTimeoutMs: mapping.idleTimeoutMs, halfCloseTimeoutMs: mapping.halfCloseTimeoutMs });
     this.relays.add(relay);
@@ -202,7 +213,7 @@ export class TcpListener implements Listener {
       this.counts.bytesToContainer += r.bytesToContainer;
       this.counts.bytesToClient += r.bytesToClient;
       if (clientAddr !== '') {
-        this.deps.logger.debug({ conn: id, client: clientAddr, up: r.bytesToContainer, down: r.bytesToClient, ms: r.durationMs, reason: r.reason, ...(r.errorCode !== undefined ? { err: r.errorCode } : {}) }, 'connection closed');
+        this.deps.logger.debug({ conn: id, ...(uniqueId !== null ? { uniqueId: uniqueId.toString('hex') } : {}), client: clientAddr, up: r.bytesToContainer, down: r.bytesToClient, ms: r.durationMs, reason: r.reason, ...(r.errorCode !== undefined ? { err: r.errorCode } : {}) }, 'connection closed');
       }
       this.drainCheck();
     });
