@@ -10,6 +10,7 @@
 //   const reply = await tcpExchange({ host: nginx.host, port: nginx.port, data: header });
 //   t.same(parseAddressLine(reply.data.toString()), { ip: '127.0.0.23', port: 40001 });
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -57,8 +58,11 @@ const STOP_TIMEOUT_MS = 5_000;
 const BIND_ATTEMPTS = 3;
 
 /** nginx stream server with `listen … proxy_protocol` replying `$proxy_protocol_addr:$proxy_protocol_port\n`, then closing. */
-export function startNginxProxyReceiver(options: ReceiverOptions = {}): Promise<Receiver> {
+export async function startNginxProxyReceiver(options: ReceiverOptions = {}): Promise<Receiver> {
   const host = options.host ?? '127.0.0.1';
+  if (!existsSync(NGINX_STREAM_MODULE)) {
+    throw new Error(`${NGINX_STREAM_MODULE} is missing: install the nginx stream module (apt-get install -y libnginx-mod-stream, or run test/setup.sh as root)`);
+  }
   return startReceiver('nginx', host, 'tcp', async (dir, port) => {
     const conf = join(dir, 'nginx.conf');
     await writeFile(
