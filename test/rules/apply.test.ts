@@ -111,3 +111,16 @@ t.test('a missing tool is PF_RULES_TOOL_MISSING naming the package', skipUnless(
   await t.rejects(applyRules(snatOff, 'iptables', noTools), { code: 'PF_RULES_TOOL_MISSING', message: /"iptables"/, hint: /apt-get install -y iptables/ });
   await t.rejects(applyRules(snatOff, 'nftables', noTools), { code: 'PF_RULES_TOOL_MISSING', message: /"nft"/, hint: /apt-get install -y nftables/ });
 });
+
+t.test('without conntrack, apply succeeds with a clear warning', skipUnless({ root: true, tools: ['ip', 'nft'] }), async (t) => {
+  const ns = makeNs(t, 'ct');
+  const inside = nsRunner(ns);
+  // The same namespace, but `conntrack` resolves to a command that does not exist.
+  const noConntrack: CommandRunner = { run: (cmd, args, stdin) => inside.run(cmd === 'conntrack' ? 'pf-no-such-conntrack' : cmd, args, stdin) };
+  const res = await applyRules(A, 'nftables', noConntrack);
+  t.equal(res.warnings.length, 1, 'one warning');
+  t.match(res.warnings[0], /conntrack is not installed.*apt-get install -y conntrack/);
+  t.match(await nftDump(ns, 'ip'), /udp dport 5353/, 'rules are in place');
+  const withIt = await applyRules(A, 'nftables', inside);
+  t.same(withIt.warnings, [], 'with conntrack: no warning (UDP entries flushed, nothing matched)');
+});
