@@ -72,7 +72,8 @@ export interface Topology {
 
 /** For tests of the cleanup: called after each setup step; throwing there aborts the setup. */
 export interface TopologyHooks {
-  afterStep?: (step: string) => void | Promise<void>;
+  /** Steps: root `netns`, `links`, `addresses`, `forwarding`; rootless `netns`; both `ready`. */
+  afterStep?: (step: string, topology: Topology) => void | Promise<void>;
 }
 
 const NET4 = { ctr: '10.199.1', client: '10.199.2' } as const;
@@ -147,7 +148,7 @@ class TopologyImpl implements Topology {
       this.names[role] = name;
       this.paths[role] = `/run/netns/${name}`;
     }
-    await hooks.afterStep?.('netns');
+    await hooks.afterStep?.('netns', this);
     const host = this.names.host as string;
     const ctr = this.names.ctr as string;
     for (const role of roles) await this.ip(['-n', this.names[role] as string, 'link', 'set', 'lo', 'up']);
@@ -163,7 +164,7 @@ class TopologyImpl implements Topology {
     if (this.names.client !== null) {
       await this.ip(['link', 'add', 'name', HOST_IF_CLIENT, 'netns', host, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', this.names.client]);
     }
-    await hooks.afterStep?.('links');
+    await hooks.afterStep?.('links', this);
 
     const links: { peer: string; hostIf: string; net4: string; net6: string }[] = [{ peer: ctr, hostIf: this.hostIfCtr, net4: NET4.ctr, net6: NET6.ctr }];
     if (this.names.client !== null) links.push({ peer: this.names.client, hostIf: HOST_IF_CLIENT, net4: NET4.client, net6: NET6.client });
@@ -186,12 +187,12 @@ class TopologyImpl implements Topology {
     if (this.opts.bridge === true) watch.push([host, BRIDGE]);
     if (this.names.client !== null) watch.push([host, HOST_IF_CLIENT], [this.names.client, 'eth0']);
     for (const [ns, dev] of watch) await this.waitOperUp(ns, dev);
-    await hooks.afterStep?.('addresses');
+    await hooks.afterStep?.('addresses', this);
 
     // Forwarding in the host namespace only (net.* sysctls are per namespace).
     const sysctls = ['net.ipv4.ip_forward=1', ...(v6 ? ['net.ipv6.conf.all.forwarding=1'] : [])];
     await this.run(['nsenter', `--net=${this.paths.host as string}`, '--', 'sysctl', '-qw', ...sysctls]);
-    await hooks.afterStep?.('forwarding');
+    await hooks.afterStep?.('forwarding', this);
   }
 
   private async waitOperUp(ns: string, dev: string): Promise<void> {
@@ -233,7 +234,7 @@ class TopologyImpl implements Topology {
     const pid = holder.pid as number;
     this.paths.ctr = `/proc/${pid}/ns/net`;
     this.userns = `/proc/${pid}/ns/user`;
-    await hooks.afterStep?.('netns');
+    await hooks.afterStep?.('netns', this);
   }
 
   // -- running things inside ----------------------------------------------------------------------
@@ -413,7 +414,7 @@ export async function createTopology(opts: TopologyOptions = {}, hooks: Topology
   try {
     if (mode === 'root') await topo.setupRoot(hooks);
     else await topo.setupRootless(hooks);
-    await hooks.afterStep?.('ready');
+    await hooks.afterStep?.('ready', topo);
   } catch (err) {
     await topo.destroy();
     if (err instanceof PortferryError && err.code === 'PF_NETNS_SETUP') throw err;
