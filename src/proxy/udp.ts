@@ -146,6 +146,10 @@ export class UdpListener implements Listener {
   private bytesToClient = 0;
   private readonly drops: Record<string, number> = {};
 
+  private readonly afterClientSend = (err: Error | null): void => {
+    if (err !== null) this.drop('send-error');
+  };
+
   /** Host addresses are literal IPs: skip dgram's dns.lookup (and the tick it costs) on every send. */
   private readonly lookup = (address: string, _options: unknown, callback: (err: NodeJS.ErrnoException | null, address: string, family: number) => void): void => {
     callback(null, address, this.family);
@@ -256,6 +260,8 @@ export class UdpListener implements Listener {
       }
       this.startRescan();
     }
+    // close()/destroy() while binding: destroy() has closed what was bound already.
+    if (this.state !== 'new') throw this.notListening();
     this.state = 'listening';
     this.logger.debug({ addresses: this.boundAddresses().map(formatEndpoint), target: formatEndpoint(this.binding.container) }, 'udp listening');
   }
@@ -420,10 +426,9 @@ export class UdpListener implements Listener {
     flow.bytesToClient += msg.length;
     this.datagramsToClient++;
     this.bytesToClient += msg.length;
-    // No callback: dgram then tries a synchronous send first (no request object, no extra tick).
-    // Send errors toward a client are therefore not observable here; they are rare on UDP (the
-    // kernel queues when the socket buffer is full).
-    hs.socket.send(msg, flow.port, flow.ip);
+    // One shared callback (no closure per datagram): without a callback dgram drops send errors
+    // silently; with it they are counted. Measured cost: ~0.1-0.2 µs of CPU per datagram.
+    hs.socket.send(msg, flow.port, flow.ip, this.afterClientSend);
   }
 
   private openFlow(key: string, rinfo: dgram.RemoteInfo, hs: HostSocket, now: number): Flow | null {

@@ -107,3 +107,15 @@ t.test('listen() after destroy() rejects; close() before listen() resolves', asy
   t.equal(err.code, 'PF_BIND_FAILED');
   t.equal(l.address(), null);
 });
+
+t.test('destroy() while listen() is binding: listen rejects and nothing stays bound', async (t) => {
+  const l = listenerOn(t, '127.0.0.1', 0);
+  const listening = l.listen();
+  l.destroy();
+  const err = await listening.then(
+    () => null,
+    (e: unknown) => e,
+  );
+  t.ok(err instanceof PortferryError && err.code === 'PF_BIND_FAILED', 'listen() rejected with PF_BIND_FAILED');
+  t.same(l.boundAddresses(), []);
+});
