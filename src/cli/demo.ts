@@ -1,28 +1,47 @@
-// `portferry demo`: a small HTTP backend on loopback, published through a portferry mapping.
-// Prints the URL to try and runs until Ctrl-C; `--once` checks the path end to end and exits.
+// `portferry demo`: a small HTTP backend in a throwaway network namespace (as root a named netns,
+// as a normal user a rootless user+net namespace), published on the host's loopback through a
+// portferry mapping with `netns`, exactly as a rootless runtime would use it. Prints the URL to
+// try and runs until Ctrl-C; `--once` checks the path end to end and exits. Everything it created
+// is removed on exit. Where no namespace can be made, the backend runs on the host's loopback.
+import { spawn, type ChildProcess } from 'node:child_process';
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
+import type { Mapping } from '../api.js';
 import { loadMappings } from '../config/index.js';
+import { isPortferryError } from '../errors.js';
 import { createLogger, type LogLevel } from '../log.js';
+import { createTopology, type Topology } from '../netns/topology.js';
 import { EXIT_FAILURE, EXIT_OK, logLevelArg, reportError } from './common.js';
 import { startForwarder, type Forwarder } from './run.js';
 
 interface DemoFlags {
   readonly port: string;
   readonly once?: boolean;
+  readonly netns: boolean;
   readonly logLevel: LogLevel;
 }
 
-function startBackend(): Promise<http.Server> {
-  const server = http.createServer((req, res) => {
-    const body = `hello from the portferry demo backend\nyou came from ${req.socket.remoteAddress}:${req.socket.remotePort} (the forwarder's side of the relay)\n`;
-    res.writeHead(200, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body) });
-    res.end(body);
-  });
+const backendScript = path.join(path.dirname(fileURLToPath(import.meta.url)), 'demo-backend.js');
+const READY_TIMEOUT_MS = 10_000;
+
+function waitReady(child: ChildProcess): Promise<number> {
   return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve(server));
+    let out = '';
+    const timer = setTimeout(() => reject(new Error(`the demo backend did not start within ${READY_TIMEOUT_MS} ms`)), READY_TIMEOUT_MS);
+    child.stdout?.setEncoding('utf8').on('data', (d: string) => {
+      out += d;
+      const m = /ready (\d+)/.exec(out);
+      if (m !== null) {
+        clearTimeout(timer);
+        resolve(Number(m[1]));
+      }
+    });
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`the demo backend exited (${code}) before it was ready`));
+    });
   });
 }
 
@@ -39,51 +58,91 @@ function get(url: string): Promise<{ status: number; body: string }> {
   });
 }
 
+interface Backend {
+  readonly where: string;
+  readonly containerPort: number;
+  readonly netns: string | null;
+  stop(): Promise<void>;
+}
+
+async function startBackend(useNetns: boolean, say: (line: string) => void): Promise<Backend> {
+  if (useNetns) {
+    let topo: Topology | undefined;
+    try {
+      topo = await createTopology();
+      const where = topo.mode === 'root' ? `network namespace ${topo.names.ctr ?? ''}` : `a rootless user+network namespace (${topo.paths.ctr ?? ''})`;
+      const child = topo.spawn('ctr', process.execPath, [backendScript, '127.0.0.1', '80', where], { stdio: ['pipe', 'pipe', 'inherit'] });
+      const port = await waitReady(child);
+      const t = topo;
+      return { where, containerPort: port, netns: t.paths.ctr, stop: () => t.destroy() };
+    } catch (err) {
+      await topo?.destroy();
+      say(`note:      no throwaway namespace could be made (${isPortferryError(err) ? `${err.code}: ${err.message}` : String(err)}); the backend runs on the host's loopback instead`);
+    }
+  }
+  const child = spawn(process.execPath, [backendScript, '127.0.0.1', '0', "the host's own network namespace"], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const port = await waitReady(child);
+  return {
+    where: "the host's network namespace",
+    containerPort: port,
+    netns: null,
+    stop: async () => {
+      child.kill('SIGTERM');
+    },
+  };
+}
+
 export function registerDemoCommand(program: Command): void {
   program
     .command('demo')
-    .description('publish a built-in HTTP backend through portferry and print the URL to try')
+    .description('publish a built-in HTTP backend (in a throwaway network namespace) through portferry and print the URL to try')
     .option('--port <port>', 'host port to publish on 127.0.0.1 (0: any free port)', '8080')
+    .option('--no-netns', 'run the backend on the host loopback instead of in a namespace')
     .option('--once', 'check the path end to end, print the result and exit (for scripts)')
     .option('--log-level <level>', 'trace|debug|info|warn|error|fatal|silent', logLevelArg, 'warn')
     .action(async (flags: DemoFlags) => {
+      const say = (line: string): void => {
+        process.stdout.write(`${line}\n`);
+      };
       const logger = createLogger({ level: flags.logLevel });
-      const backend = await startBackend();
-      const backendPort = (backend.address() as AddressInfo).port;
+      let backend: Backend | undefined;
       let forwarder: Forwarder | undefined;
       const cleanup = async (): Promise<void> => {
         await forwarder?.stop(0);
-        await new Promise<void>((r) => backend.close(() => r()));
+        await backend?.stop();
       };
       try {
+        backend = await startBackend(flags.netns, say);
+        const b = backend;
         const start = async (port: string): Promise<Forwarder> => {
           // Port 0 (any free port) is not a valid published port in a config, so the demo asks for
           // a placeholder port and lets the kernel choose.
           const any = port === '0';
-          const [m] = await loadMappings({ specs: [`127.0.0.1:${any ? '1' : port}:127.0.0.1:${backendPort}/tcp`] });
+          const [m] = await loadMappings({ specs: [`127.0.0.1:${any ? '1' : port}:127.0.0.1:${b.containerPort}/tcp`], specOptions: b.netns === null ? {} : { netns: b.netns } });
           if (m === undefined) throw new Error('demo mapping missing');
-          return startForwarder([any ? { ...m, name: 'demo', hostPort: 0, hostPortEnd: 0 } : { ...m, name: 'demo' }], logger);
+          const mapping: Mapping = any ? { ...m, name: 'demo', hostPort: 0, hostPortEnd: 0 } : { ...m, name: 'demo' };
+          return startForwarder([mapping], logger);
         };
         try {
           forwarder = await start(flags.port);
         } catch (err) {
-          if (flags.port === '0' || (err as { code?: string }).code !== 'PF_BIND_ADDRINUSE') throw err;
-          process.stdout.write(`port ${flags.port} is taken; using a free port instead\n`);
+          if (flags.port === '0' || !isPortferryError(err) || err.code !== 'PF_BIND_ADDRINUSE') throw err;
+          say(`note:      port ${flags.port} is taken; using a free port instead`);
           forwarder = await start('0');
         }
         const hostPort = forwarder.manager.listeners()[0]?.address()?.port ?? 0;
         const url = `http://127.0.0.1:${hostPort}/`;
-        process.stdout.write(`backend:   http://127.0.0.1:${backendPort}/ (built-in HTTP server)\n`);
-        process.stdout.write(`published: ${url} -> 127.0.0.1:${backendPort} through portferry\n`);
+        say(`backend:   http://127.0.0.1:${b.containerPort}/ inside ${b.where}`);
+        say(`published: ${url} -> 127.0.0.1:${b.containerPort}${b.netns !== null ? ` (dialled from inside ${b.netns})` : ''} through portferry`);
         if (flags.once === true) {
           const res = await get(url);
           const ok = res.status === 200 && res.body.startsWith('hello from the portferry demo backend');
-          process.stdout.write(ok ? `ok: GET ${url} answered ${res.status}: ${res.body.split('\n')[0] ?? ''}\n` : `FAILED: GET ${url} answered ${res.status}: ${res.body}\n`);
+          say(ok ? `ok: GET ${url} answered ${res.status}: ${res.body.split('\n').slice(0, 2).join(' / ')}` : `FAILED: GET ${url} answered ${res.status}: ${res.body}`);
           await cleanup();
           process.exitCode = ok ? EXIT_OK : EXIT_FAILURE;
           return;
         }
-        process.stdout.write(`try:       curl ${url}\n(Ctrl-C to stop)\n`);
+        say(`try:       curl ${url}\n(Ctrl-C to stop; everything the demo created is removed)`);
         const stop = (): void => {
           void cleanup().then(() => process.exit(EXIT_OK));
         };

@@ -2,6 +2,7 @@
 import { Command, CommanderError } from 'commander';
 import { readFileSync } from 'node:fs';
 import { registerDemoCommand } from './demo.js';
+import { registerRulesCommand } from './rules.js';
 import { registerRunCommand } from './run.js';
 import { registerValidateCommand } from './validate.js';
 import { EXIT_USAGE } from './common.js';
@@ -18,6 +19,7 @@ const program = new Command()
 registerRunCommand(program);
 registerValidateCommand(program);
 registerDemoCommand(program);
+registerRulesCommand(program);
 
 try {
   await program.parseAsync(process.argv);
