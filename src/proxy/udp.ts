@@ -66,6 +66,11 @@ const DEFAULT_RESCAN_MS = 10_000;
 // last datagram (at most 5 s late for long timeouts).
 const SWEEP_MIN_MS = 50;
 const SWEEP_MAX_MS = 5_000;
+// While closing, a flow with nothing either way for this long (or its idle timeout, if shorter) is
+// done: UDP has no end-of-stream, so "finished" means "quiet"; an answer still on its way gets this
+// long to arrive. The sweep then runs every CLOSING_SWEEP_MS.
+const CLOSING_QUIET_MS = 1_000;
+const CLOSING_SWEEP_MS = 100;
 
 /** Error codes on a flow's channel that mean "the container is not there (now)". */
 const UNREACHABLE = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EHOSTDOWN']);
@@ -197,7 +202,8 @@ export class UdpListener implements Listener {
 
   /**
    * Stops taking new clients (their datagrams are dropped as `closing`); existing flows keep
-   * forwarding until they expire or graceMs passes, then everything is destroyed.
+   * forwarding until each has been quiet for CLOSING_QUIET_MS (or its idle timeout, if shorter),
+   * or until graceMs passes; then everything is destroyed.
    */
   close(graceMs: number): Promise<void> {
     if (this.closing !== null) return this.closing;
@@ -211,6 +217,7 @@ export class UdpListener implements Listener {
     else {
       this.graceTimer = setTimeout(() => this.destroy(), graceMs);
       this.graceTimer.unref();
+      this.startSweep(CLOSING_SWEEP_MS);
     }
     return this.closing;
   }
@@ -523,14 +530,19 @@ export class UdpListener implements Listener {
 
   // ---- expiry, eviction, teardown ----
 
-  private startSweep(): void {
-    if (this.sweepTimer !== null || this.idleMs <= 0) return;
-    this.sweepTimer = setInterval(() => this.sweep(), this.sweepMs);
+  /** Starts the sweep (or restarts it at `intervalMs` when closing). */
+  private startSweep(intervalMs = this.sweepMs): void {
+    if (this.state === 'closing') {
+      if (this.sweepTimer !== null) clearInterval(this.sweepTimer);
+    } else if (this.sweepTimer !== null || this.idleMs <= 0) return;
+    this.sweepTimer = setInterval(() => this.sweep(), intervalMs);
     this.sweepTimer.unref();
   }
 
   private sweep(): void {
-    this.flows.sweep(Date.now() - this.idleMs, (flow) => {
+    let idleMs = this.idleMs;
+    if (this.state === 'closing') idleMs = idleMs > 0 ? Math.min(idleMs, CLOSING_QUIET_MS) : CLOSING_QUIET_MS;
+    this.flows.sweep(Date.now() - idleMs, (flow) => {
       this.flowsExpired++;
       this.endFlow(flow, 'expired');
     });

@@ -256,3 +256,16 @@ t.test('close() with no flows resolves at once and releases the port', async (t)
   const again = await udpSocket(t, '127.0.0.1', port);
   t.equal(again.address().port, port, 'the port can be bound again');
 });
+
+t.test('close(grace) with the default 90 s idle timeout finishes once flows are quiet, not after the grace', async (t) => {
+  const echo = await startEcho(t);
+  const { listener, port } = await startListener(t, { containerPort: echo.port }); // udpIdleTimeoutMs 90 s
+  const client = await udpSocket(t);
+  await request(client, '127.0.0.1', port, Buffer.from('hi'));
+  const outcome = await Promise.race([
+    listener.close(60_000).then(() => 'closed'),
+    new Promise<string>((r) => setTimeout(() => r('still open after 10 s'), 10_000).unref()),
+  ]);
+  t.equal(outcome, 'closed', 'a quiet flow does not hold shutdown for the whole grace period');
+  t.equal(listener.stats().flows, 0);
+});
