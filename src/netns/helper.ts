@@ -338,9 +338,16 @@ export class NetnsDialer implements Dialer {
             reject(dialError(target, err));
           };
           handle.once('error', onError);
-          handle.connect(target.port, target.ip, () => {
+          if (family === 6 && !fixReceivedUdp6Connect(handle)) {
             handle.off('error', onError);
-            resolve(wrapConnectedDgram(handle));
+            resolve(wrapUnconnectedDgram(handle, target));
+            return;
+          }
+          // A failed connect calls back with the error (and emits nothing).
+          handle.connect(target.port, target.ip, (err?: Error) => {
+            handle.off('error', onError);
+            if (err !== undefined && err !== null) onError(err);
+            else resolve(wrapConnectedDgram(handle));
           });
         });
       },
@@ -367,4 +374,51 @@ async function validateUserns(p: string): Promise<void> {
       details: { userns: p },
     });
   }
+}
+
+/**
+ * Node 20 bug: a dgram socket received over IPC gets its handle through `replaceHandle`, which
+ * copies the IPv6 `bind` and `send` methods onto the new handle but not `connect`, so connecting a
+ * received udp6 socket calls the IPv4 connect and fails with EINVAL. Point it at `connect6`.
+ * Returns false when Node's internals are not as expected (the caller then does without connect).
+ */
+function fixReceivedUdp6Connect(socket: dgram.Socket): boolean {
+  const sym = Object.getOwnPropertySymbols(socket).find((s) => s.description === 'state symbol');
+  const state = sym === undefined ? undefined : (socket as unknown as Record<symbol, { handle?: Record<string, unknown> } | undefined>)[sym];
+  const handle = state?.handle;
+  if (handle === undefined || typeof handle['connect6'] !== 'function') return false;
+  handle['connect'] = handle['connect6'];
+  return true;
+}
+
+/**
+ * The fallback when a received socket cannot be connected: send to the target explicitly and drop
+ * datagrams from anyone else. (It gets no ICMP-driven errors, and costs a little more per send.)
+ */
+function wrapUnconnectedDgram(socket: dgram.Socket, target: Endpoint): UdpChannel {
+  let closed = false;
+  let errorHandler: (err: Error) => void = () => {};
+  socket.on('error', (err) => errorHandler(err));
+  const want = net.isIPv6(target.ip) ? new net.SocketAddress({ address: target.ip, family: 'ipv6' }).address : target.ip;
+  return {
+    send(payload) {
+      if (closed) return;
+      socket.send(payload as Buffer[], target.port, target.ip, (err) => {
+        if (err) errorHandler(err);
+      });
+    },
+    onMessage(handler) {
+      socket.on('message', (msg, rinfo) => {
+        if (rinfo.port === target.port && rinfo.address === want) handler(msg);
+      });
+    },
+    onError(handler) {
+      errorHandler = handler;
+    },
+    close() {
+      if (closed) return;
+      closed = true;
+      socket.close();
+    },
+  };
 }
