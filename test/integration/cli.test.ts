@@ -170,8 +170,8 @@ t.test('descriptor exhaustion: new connections fail, and the same listener serve
   t.match(stderr, /"acceptErrors"|connecting to the container failed/, 'the failure was logged (rate-limited)');
 });
 
-t.test('demo --once checks the path end to end and exits 0', async (t) => {
-  const p = runCli(t.teardown, ['demo', '--once', '--port', '0']);
+t.test('demo --once --no-netns (backend on the host loopback) checks the path end to end and exits 0', async (t) => {
+  const p = runCli(t.teardown, ['demo', '--once', '--no-netns', '--port', '0']);
   t.equal(await p.exited, 0, p.stderr());
   t.match(p.stdout(), /published: http:\/\/127\.0\.0\.1:\d+\/ -> 127\.0\.0\.1:\d+ through portferry/);
   t.match(p.stdout(), /ok: GET .* answered 200: hello from the portferry demo backend/);
