@@ -128,12 +128,14 @@ export function wrapConnectedDgram(socket: dgram.Socket): UdpChannel {
   let closed = false;
   let errorHandler: (err: Error) => void = () => {};
   socket.on('error', (err) => errorHandler(err));
+  // One callback for every send (no closure per datagram): send errors reach the error handler.
+  const afterSend = (err: Error | null): void => {
+    if (err) errorHandler(err);
+  };
   return {
     send(payload) {
       if (closed) return;
-      socket.send(payload as Buffer[], (err) => {
-        if (err) errorHandler(err);
-      });
+      socket.send(payload as Buffer[], afterSend);
     },
     onMessage(handler) {
       socket.on('message', handler);
