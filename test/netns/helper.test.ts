@@ -199,3 +199,22 @@ t.test('a helper that cannot enter the namespace fails with PF_NETNS_HELPER nami
   t.match(err, { code: 'PF_NETNS_HELPER', message: /exited with code 1: nsenter: .*ns\/user/ });
   t.ok(records.some((r) => r['level'] === 40), 'and logged at warn');
 });
+
+t.test('many dials through one helper: 300 sequential and 100 concurrent, each with its own data', gate, async (t) => {
+  const tp = await world();
+  const echo = await nsServer(t.teardown, tp, 'ctr', { proto: 'tcp', host: '127.0.0.1', token: 'm' });
+  const { dialer } = newDialer(t, tp.paths.ctr as string);
+  const once = async (i: number): Promise<boolean> => {
+    const s = await dialer.dialTcp({ ip: '127.0.0.1', port: echo.port }, { timeoutMs: 10_000 });
+    const reply = readAll(s);
+    s.end(`conn-${i}`);
+    return (await reply).toString() === `m\nconn-${i}`;
+  };
+  let ok = 0;
+  for (let i = 0; i < 300; i++) if (await once(i)) ok++;
+  t.equal(ok, 300, '300 sequential connections, all correct');
+  const results = await Promise.all(Array.from({ length: 100 }, (_, i) => once(1000 + i)));
+  t.equal(results.filter(Boolean).length, 100, '100 concurrent connections, all correct');
+  const pid = dialer.helperPid();
+  t.ok(pid !== null, 'one helper served them all');
+});
