@@ -3,6 +3,8 @@ import t from 'tap';
 import net from 'node:net';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { skipUnless } from '../helpers/env.js';
 import { cleanEnv, cliPath, connect, echoRoundTrip, echoServer, freePort, readAll, runCli, startServer, until } from '../helpers/net.js';
 
 t.test('validate prints normalised mappings, exit 0; bad input exits 1 naming every problem', async (t) => {
@@ -175,4 +177,21 @@ t.test('demo --once --no-netns (backend on the host loopback) checks the path en
   t.equal(await p.exited, 0, p.stderr());
   t.match(p.stdout(), /published: http:\/\/127\.0\.0\.1:\d+\/ -> 127\.0\.0\.1:\d+ through portferry/);
   t.match(p.stdout(), /ok: GET .* answered 200: hello from the portferry demo backend/);
+});
+
+t.test('a privileged port as an unprivileged user: PF_BIND_EACCES names net.ipv4.ip_unprivileged_port_start and its value', skipUnless({ root: true, tools: ['setpriv'] }), async (t) => {
+  const start = Number(readFileSync('/proc/sys/net/ipv4/ip_unprivileged_port_start', 'utf8').trim());
+  if (start <= 80) {
+    t.comment(`ip_unprivileged_port_start is ${start}: port 80 is not privileged here, nothing to test`);
+    t.pass('no privileged ports on this host');
+    return;
+  }
+  const child = spawn('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'env', '-u', 'NODE_OPTIONS', process.execPath, cliPath, 'run', '-p', '127.0.0.1:80:127.0.0.1:9'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  child.stderr?.setEncoding('utf8').on('data', (d: string) => (err += d));
+  const code = await new Promise<number | null>((r) => child.once('exit', r));
+  t.equal(code, 1, 'exit 1');
+  t.match(err, /PF_BIND_EACCES/);
+  t.match(err, new RegExp(`net\\.ipv4\\.ip_unprivileged_port_start.*${start}`), 'names the sysctl and its current value');
+  t.match(err, /hint: .*sysctl -w net\.ipv4\.ip_unprivileged_port_start=80/, 'says how to fix it');
 });
