@@ -118,6 +118,8 @@ export interface RelayResult {
   readonly bytesToClient: number;
   readonly reason: RelayEndReason;
   readonly durationMs: number;
+  /** Directions (0-2) that became bulk transfers and read into the relay's own buffers. */
+  readonly bulkDirections: number;
   /** The error code (ECONNRESET, EPIPE, …) when the reason is a reset or error. */
   readonly errorCode?: string;
 }

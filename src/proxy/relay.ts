@@ -13,6 +13,9 @@
 //   reset, never as a clean EOF.
 // - Backpressure: when the destination's buffer is over its high-water mark, the source is paused
 //   until 'drain'. Memory per connection is bounded by one read chunk plus the write buffer.
+// - Bulk: a direction that has moved 1 MiB switches from Node's allocate-per-read 'data' events
+//   to reading into a small ring of its own buffers (ownBufferReads, src/proxy/fast-read.ts);
+//   idle and small connections hold no buffer of ours.
 // - Timers: one per connection, the client socket's own inactivity timer (Node refreshes it on
 //   every read and write). Every byte of either direction passes through the client socket, so
 //   its inactivity is exactly the connection's. It is the idle timeout while both directions run,
@@ -21,6 +24,7 @@
 import type net from 'node:net';
 import type { RelayEndReason, RelayResult } from '../api.js';
 import { errnoCode } from '../errors.js';
+import { readIntoOwnBuffers, resumeOwnBufferReads } from './fast-read.js';
 
 export interface RelayOptions {
   /** Close the connection after this long with no byte either way. 0: never. */
@@ -30,6 +34,11 @@ export interface RelayOptions {
 }
 
 type DirectionState = 'running' | 'shutting-down' | 'done';
+
+/** A direction that has moved this much is a bulk transfer and reads into its own buffers. */
+const FAST_AFTER_BYTES = 1024 * 1024;
+const RING_BUFFERS = 4;
+const RING_BUFFER_BYTES = 256 * 1024;
 
 const noop = (): void => {};
 
@@ -42,6 +51,7 @@ export class Relay {
   private bytesUp = 0;
   private bytesDown = 0;
   private finished = false;
+  private bulk = 0;
 
   constructor(
     private readonly client: net.Socket,
@@ -86,15 +96,37 @@ export class Relay {
     this.finish(reason, true);
   }
 
+  /**
+   * One direction. It starts with 'data' events (Node allocates each read; nothing is held while
+   * a connection is idle). Once it has moved FAST_AFTER_BYTES it is a bulk transfer, and it
+   * switches to reading into a small ring of buffers of its own (see ownBufferReads).
+   */
   private pump(src: net.Socket, dst: net.Socket, up: boolean): void {
-    const onDrain = (): void => {
+    let moved = 0;
+    let switched = false;
+    const onData = (chunk: Buffer): void => {
+      this.count(up, chunk.length);
+      if (!dst.write(chunk)) {
+        src.pause();
+        return;
+      }
+      moved += chunk.length;
+      if (moved >= FAST_AFTER_BYTES && !switched) {
+        switched = true;
+        src.pause(); // no read is delivered before the tick below: no 'data' is lost in between
+        process.nextTick(switchToOwnBuffers);
+      }
+    };
+    const switchToOwnBuffers = (): void => {
+      if (this.finished || src.destroyed) return;
+      src.off('data', onData);
+      if (this.ownBufferReads(src, dst, up)) this.bulk++;
+      else src.on('data', onData);
       src.resume();
     };
-    dst.on('drain', onDrain);
-    src.on('data', (chunk: Buffer) => {
-      if (up) this.bytesUp += chunk.length;
-      else this.bytesDown += chunk.length;
-      if (!dst.write(chunk)) src.pause();
+    src.on('data', onData);
+    dst.on('drain', () => {
+      if (src.isPaused()) src.resume();
     });
     src.on('end', () => {
       this.setState(up, 'shutting-down');
@@ -104,6 +136,48 @@ export class Relay {
       // Our FIN went out toward dst: this direction is complete once the source had ended.
       if (this.stateOf(up) === 'shutting-down') this.setState(up, 'done');
     });
+  }
+
+  /**
+   * Bulk mode: src reads straight into buffers of this direction's ring and each read is written
+   * to dst as a view of that buffer (no allocation, no copy). A buffer whose write completed at
+   * once (the usual case) takes the next read again; one whose write is still queued stays
+   * untouched while reads move on to the next buffer (allocated on first use), and when every
+   * buffer of the ring waits on a write, reading stops until the oldest write completes. Writes
+   * complete in order, so ring order is write order. Memory: RING_BUFFERS × RING_BUFFER_BYTES per
+   * bulk direction at most, usually one buffer.
+   */
+  private ownBufferReads(src: net.Socket, dst: net.Socket, up: boolean): boolean {
+    const ring: Buffer[] = [Buffer.allocUnsafeSlow(RING_BUFFER_BYTES)];
+    let current = 0;
+    let inFlight = 0;
+    let stopped = false;
+    const onWritten = (): void => {
+      inFlight--;
+      if (stopped && inFlight < RING_BUFFERS) {
+        stopped = false;
+        resumeOwnBufferReads(src);
+      }
+    };
+    const onRead = (n: number, buf: Buffer): boolean => {
+      this.count(up, n);
+      inFlight++;
+      dst.write(buf.subarray(0, n), onWritten);
+      if (dst.writableLength === 0) return true; // written through: this buffer is free again
+      current = (current + 1) % RING_BUFFERS;
+      if (inFlight >= RING_BUFFERS) {
+        stopped = true;
+        return false;
+      }
+      return true;
+    };
+    const next = (): Buffer => (ring[current] ??= Buffer.allocUnsafeSlow(RING_BUFFER_BYTES));
+    return readIntoOwnBuffers(src, onRead, next);
+  }
+
+  private count(up: boolean, n: number): void {
+    if (up) this.bytesUp += n;
+    else this.bytesDown += n;
   }
 
   private stateOf(up: boolean): DirectionState {
@@ -166,6 +240,7 @@ export class Relay {
       bytesToClient: this.bytesDown,
       reason,
       durationMs: Date.now() - this.started,
+      bulkDirections: this.bulk,
       ...(errorCode !== undefined ? { errorCode } : {}),
     };
     this.resolveDone(result);

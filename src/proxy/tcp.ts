@@ -213,7 +213,7 @@ export class TcpListener implements Listener {
       this.counts.bytesToContainer += r.bytesToContainer;
       this.counts.bytesToClient += r.bytesToClient;
       if (clientAddr !== '') {
-        this.deps.logger.debug({ conn: id, ...(uniqueId !== null ? { uniqueId: uniqueId.toString('hex') } : {}), client: clientAddr, up: r.bytesToContainer, down: r.bytesToClient, ms: r.durationMs, reason: r.reason, ...(r.errorCode !== undefined ? { err: r.errorCode } : {}) }, 'connection closed');
+        this.deps.logger.debug({ conn: id, ...(uniqueId !== null ? { uniqueId: uniqueId.toString('hex') } : {}), client: clientAddr, up: r.bytesToContainer, down: r.bytesToClient, ms: r.durationMs, bulk: r.bulkDirections, reason: r.reason, ...(r.errorCode !== undefined ? { err: r.errorCode } : {}) }, 'connection closed');
       }
       this.drainCheck();
     });
