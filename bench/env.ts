@@ -177,7 +177,7 @@ export function toolVersions(dockerProxy: string | null): Record<string, string>
     if (value !== null) v[name] = value;
   };
   add('iperf3', firstLine('iperf3', ['-v'], /iperf (\S+)/));
-  add('cc', firstLine('cc', ['--version'], /^(.*)$/m));
+  add('cc', firstLine('cc', ['--version'], /^\S+ (.*)$/m));
   add('iptables', firstLine('iptables', ['-V'], /iptables (v\S+(?: \([^)]+\))?)/));
   add('nft', firstLine('nft', ['-v'], /nftables (v\S+)/));
   add('socat', firstLine('socat', ['-V'], /socat version (\S+)/));

@@ -221,7 +221,7 @@ const haproxy: PathDef = {
       `frontend f_${name}\n  bind 0.0.0.0:${port}\n  default_backend b_${name}\nbackend b_${name}\n  server s1 ${ctr}:${backendPort}\n`;
     writeFileSync(
       cfg,
-      `global\n  maxconn 50000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n${haproxySplice() ? '  option splice-auto\n' : ''}` +
+      `global\n  maxconn ${Math.floor((nofileLimit() - 200) / 2)}\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n${haproxySplice() ? '  option splice-auto\n' : ''}` +
         fe('bulk', p.bulk, BACKEND.bulkPort) +
         fe('tcp', p.tcp, BACKEND.tcpPort),
     );

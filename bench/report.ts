@@ -67,7 +67,7 @@ export function cellText(c: Cell): string {
       return `${num(g('cps'))}${ratio}`;
     case 'idle': {
       const open = `${num(g('open'))}/${num(g('open') + g('failed'))}`;
-      return m['rssMiB'] === undefined ? open : `${open}<br>${num(g('rssMiB'))} MiB`;
+      return m['rssMiB'] === undefined ? open : `${open}<br>${num(g('rssMiB'))} MiB, +${num(g('kibPerConn'), 2)} KiB/conn`;
     }
     case 'udp-64':
     case 'udp-1400':
@@ -94,14 +94,14 @@ export function renderMarkdown(r: BenchResult): string {
   lines.push(`Tools: ${Object.entries(m.tools).map(([k, v]) => `${k} ${v}`).join(', ') || '—'}`);
   lines.push('');
   const wl = r.workloads;
-  const head = ['path', ...wl.map((w) => `${WORKLOADS[w].title} (${WORKLOADS[w].unit}${w === 'rr' ? ', p50/p99' : w === 'idle' ? ', forwarder RSS' : ''})`), 'CPU s/GB'];
+  const head = ['path', ...wl.map((w) => `${WORKLOADS[w].title} (${WORKLOADS[w].unit}${w === 'rr' ? ', p50/p99' : w === 'idle' ? ', forwarder RSS' : ''})`), 'forwarder CPU s/GB'];
   lines.push(`| ${head.join(' | ')} |`);
   lines.push(`|${head.map((_, i) => (i === 0 ? '---' : '---:')).join('|')}|`);
   const notes: string[] = [];
   for (const p of r.paths) {
     if (p.status === 'skipped') {
       lines.push(`| ${p.name} | ${wl.map(() => 'skipped').join(' | ')} | — |`);
-      notes.push(`${p.name} skipped: ${p.reason ?? 'not available'}`);
+      notes.push(`${p.name}: skipped — ${p.reason ?? 'not available'}`);
       continue;
     }
     const row = wl.map((w) => {
@@ -109,8 +109,11 @@ export function renderMarkdown(r: BenchResult): string {
       if (c === undefined) return 'n/a';
       let text = cellText(c);
       if (c.status !== 'ok' && c.reason !== undefined) {
-        notes.push(`${p.name} / ${w}: ${c.status === 'failed' ? 'FAILED' : 'n/a'} — ${c.reason}`);
-        text += ` [${notes.length}]`;
+        // One note per distinct reason: a path that did not start is one note, not one per cell.
+        const note = `${p.name}: ${c.status === 'failed' ? 'FAILED' : 'n/a'} — ${c.reason}`;
+        let i = notes.indexOf(note);
+        if (i < 0) i = notes.push(note) - 1;
+        text += ` [${i + 1}]`;
       }
       return text;
     });

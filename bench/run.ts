@@ -35,6 +35,29 @@ export interface BenchOptions {
   readonly graceMs?: number;
   /** Clean up and exit 130 on SIGINT/SIGTERM (the CLI); tests leave it off. */
   readonly handleSignals?: boolean;
+  /** For tests of the cleanup: the namespaces made and every process started, as they appear. */
+  readonly observe?: { namespaces?(names: readonly string[]): void; processes?(pids: readonly number[]): void };
+}
+
+export interface Backends {
+  readonly sink: SinkControl;
+  readonly children: readonly ChildProcess[];
+}
+
+/** iperf3, pfgen serve and pfgen sink in the container namespace, each confirmed ready. */
+export async function startBackends(topology: Topology, pfgen: string, started: (c: ChildProcess) => void): Promise<Backends> {
+  const children: ChildProcess[] = [];
+  const keep = (c: ChildProcess): ChildProcess => {
+    children.push(c);
+    started(c);
+    return c;
+  };
+  keep(topology.spawn('ctr', 'iperf3', ['-s', '-p', String(BACKEND.bulkPort)], { stdio: ['ignore', 'ignore', 'pipe'] }));
+  await waitTcpListening(topology, 'ctr', BACKEND.bulkPort);
+  const serve = await startPfgen(topology, pfgen, ['serve', String(BACKEND.tcpPort)], keep);
+  const sink = await startPfgen(topology, pfgen, ['sink', String(BACKEND.udpPort)], keep);
+  void serve;
+  return { sink: sinkControl(sink.child, sink.out), children };
 }
 
 export const FULL = { reps: 3, bulkSeconds: 5, otherSeconds: 4, idleConnections: 10_000 } as const;
@@ -45,8 +68,9 @@ function isRoot(): boolean {
 }
 
 /** Starts a backend in ctr and waits for its `{"ready":true}` line. */
-async function startPfgen(topology: Topology, pfgen: string, args: readonly string[]): Promise<{ child: ChildProcess; out: LineReader }> {
+async function startPfgen(topology: Topology, pfgen: string, args: readonly string[], started: (c: ChildProcess) => void): Promise<{ child: ChildProcess; out: LineReader }> {
   const child = topology.spawn('ctr', ...withNofile([pfgen, ...args]), { stdio: ['pipe', 'pipe', 'pipe'] });
+  started(child);
   const out = new LineReader(child.stdout);
   const err = new LineReader(child.stderr);
   const line = await out.waitFor((l) => l.includes('"ready"'), 10_000);
@@ -155,14 +179,11 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
     await sysctls(topo, 'host', portRange);
     await sysctls(topo, 'ctr', portRange);
 
-    const iperf = topo.spawn('ctr', 'iperf3', ['-s', '-p', String(BACKEND.bulkPort)], { stdio: ['ignore', 'ignore', 'pipe'] });
-    backends.push(iperf);
-    await waitTcpListening(topo, 'ctr', BACKEND.bulkPort);
-    const serve = await startPfgen(topo, built.binary, ['serve', String(BACKEND.tcpPort)]);
-    backends.push(serve.child);
-    const sinkProc = await startPfgen(topo, built.binary, ['sink', String(BACKEND.udpPort)]);
-    backends.push(sinkProc.child);
-    const sink = sinkControl(sinkProc.child, sinkProc.out);
+    opts.observe?.namespaces?.([topo.names.host, topo.names.ctr, topo.names.client].flatMap((n) => (n === null ? [] : [n])));
+    const { sink } = await startBackends(topo, built.binary, (c) => {
+      backends.push(c);
+      if (c.pid !== undefined) opts.observe?.processes?.([c.pid]);
+    });
 
     const measured: RunningPath[] = [];
     for (const s of statuses) {
@@ -172,6 +193,7 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
         const rp = await PATHS[s.name].start({ topology: topo, workDir, dockerProxy });
         runningPaths.push(rp);
         measured.push(rp);
+        if (rp.forwarderPids !== null) opts.observe?.processes?.(rp.forwarderPids);
       } catch (err) {
         const why = `did not start: ${err instanceof Error ? err.message : String(err)}`;
         log(`${s.name} ${why}`);

@@ -126,6 +126,7 @@ export async function runConnections(ctx: RunContext, target: Target): Promise<S
 
 export async function runIdle(ctx: RunContext, target: Target): Promise<Sample> {
   const count = ctx.durations.idleConnections;
+  const baseKiB = ctx.forwarderPids !== null ? treeRssKiB(ctx.forwarderPids) : null;
   const child = ctx.topology.spawn(target.ns, ...withNofile([ctx.pfgen, 'idle', target.ip, String(target.tcpPort), String(count)]), { stdio: ['pipe', 'pipe', 'pipe'] });
   const out = new LineReader(child.stdout);
   const err = new LineReader(child.stderr);
@@ -152,7 +153,11 @@ export async function runIdle(ctx: RunContext, target: Target): Promise<Sample> 
   const failed = Number(json['failed'] ?? 0);
   if (!(open > 0)) return fail(`no connection could be opened and answered${typeof json['error'] === 'string' ? `: ${json['error']}` : ''}`);
   const metrics: Record<string, number> = { open, failed };
-  if (rssKiB !== null) metrics['rssMiB'] = rssKiB / 1024;
+  if (rssKiB !== null && baseKiB !== null) {
+    metrics['rssMiB'] = rssKiB / 1024;
+    // What the connections cost on top of what the forwarder held before (earlier runs included).
+    metrics['kibPerConn'] = Math.max(0, rssKiB - baseKiB) / open;
+  }
   return { ok: true, metrics };
 }
 

@@ -1,0 +1,72 @@
+// The runners check their own measurements: pointed at a path that moves no data (nothing
+// listening, or a listener that swallows everything), every workload reports a failure with the
+// reason, never a number. Against the container directly they report positive figures.
+import t from 'tap';
+import { rmSync } from 'node:fs';
+import { skipUnless } from '../helpers/env.js';
+import { createTopology } from '../../src/netns/topology.js';
+import { buildPfgen } from '../../bench/env.js';
+import { BACKEND } from '../../bench/paths.js';
+import { startBackends } from '../../bench/run.js';
+import { runBulk, runConnections, runIdle, runRequestResponse, runUdp, type RunContext, type Target } from '../../bench/workloads.js';
+import { LineReader, stopTree } from '../../bench/proc.js';
+
+t.test('runners: real figures direct, failures (with reasons) on dead and black-holed paths', skipUnless({ root: true, tools: ['ip', 'iperf3', 'cc', 'socat', 'prlimit', 'ss'] }), async (t) => {
+  const built = buildPfgen();
+  t.teardown(() => rmSync(built.dir, { recursive: true, force: true }));
+  const topo = await createTopology({ client: true, ipv6: false, mode: 'root' });
+  t.teardown(() => topo.destroy());
+  const { sink } = await startBackends(topo, built.binary, () => {});
+  const ctx: RunContext = {
+    topology: topo,
+    pfgen: built.binary,
+    sink,
+    durations: { bulkSeconds: 1, otherSeconds: 0.3, idleConnections: 50, cpsThreads: 2 },
+    forwarderPids: null,
+    graceMs: 8000,
+  };
+  const target = (ip: string, bulkPort: number, tcpPort: number, udpPort: number): Target => ({ ns: 'client', ip, bulkPort, tcpPort, udpPort });
+
+  // The ceiling, to prove the runners can succeed here.
+  const direct = target(topo.addrs.ctr4, BACKEND.bulkPort, BACKEND.tcpPort, BACKEND.udpPort);
+  const bulk = await runBulk(ctx, direct, { reverse: false, streams: 1, cpu: false });
+  t.ok(bulk.ok && (bulk.metrics['gbps'] ?? 0) > 0 && (bulk.metrics['bytes'] ?? 0) > 0, `direct bulk: ${JSON.stringify(bulk)}`);
+  const rr = await runRequestResponse(ctx, direct);
+  t.ok(rr.ok && (rr.metrics['tps'] ?? 0) > 0 && (rr.metrics['p99us'] ?? 0) >= (rr.metrics['p50us'] ?? 0), `direct rr: ${JSON.stringify(rr)}`);
+  const cps = await runConnections(ctx, direct);
+  t.ok(cps.ok && (cps.metrics['cps'] ?? 0) > 0, `direct cps: ${JSON.stringify(cps)}`);
+  const idle = await runIdle(ctx, direct);
+  t.same(idle.ok ? { open: idle.metrics['open'], failed: idle.metrics['failed'] } : idle, { open: 50, failed: 0 }, 'direct idle: all 50 open');
+  const udp = await runUdp(ctx, direct, 64);
+  t.ok(udp.ok && (udp.metrics['kpps'] ?? 0) > 0, `direct udp: ${JSON.stringify(udp)}`);
+
+  // Nothing listens on these host ports.
+  const dead = target(topo.addrs.hostClient4, 29001, 29002, 29003);
+  const expectFail = async (name: string, p: Promise<{ ok: boolean; reason?: string }>, why: RegExp): Promise<void> => {
+    const s = await p;
+    t.equal(s.ok, false, `${name}: reported as failed`);
+    t.match(s.reason ?? '', why, `${name}: says why`);
+    t.notOk('metrics' in s, `${name}: no figure`);
+  };
+  await expectFail('bulk, nothing listening', runBulk(ctx, dead, { reverse: false, streams: 1, cpu: false }), /iperf3: .*(refused|unable)/i);
+  await expectFail('rr, nothing listening', runRequestResponse(ctx, dead), /connect: Connection refused/);
+  await expectFail('cps, nothing listening', runConnections(ctx, dead), /no connection completed .*refused/i);
+  await expectFail('idle, nothing listening', runIdle(ctx, dead), /no connection could be opened.*refused/i);
+  await expectFail('udp, nothing listening', runUdp(ctx, dead, 64), /datagram/);
+
+  // A "forwarder" that accepts and swallows: TCP and UDP received, nothing forwarded.
+  const hole = target(topo.addrs.hostClient4, 29011, 29012, 29013);
+  const procs = [
+    topo.spawn('host', 'socat', ['-u', 'TCP4-LISTEN:29012,fork,reuseaddr', 'OPEN:/dev/null'], { stdio: ['ignore', 'ignore', 'pipe'] }),
+    topo.spawn('host', 'socat', ['-u', 'UDP4-RECV:29013', 'OPEN:/dev/null'], { stdio: ['ignore', 'ignore', 'pipe'] }),
+  ];
+  t.teardown(() => stopTree(procs.flatMap((p) => (p.pid === undefined ? [] : [p.pid]))));
+  for (const p of procs) new LineReader(p.stderr);
+  for (let i = 0; i < 200; i++) {
+    const { stdout } = await topo.exec('host', 'ss', ['-Hln']);
+    if (/:29012\s/.test(stdout) && /:29013\s/.test(stdout)) break;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  await expectFail('rr, black hole', runRequestResponse(ctx, hole), /after 0 transactions/);
+  await expectFail('udp, black hole', runUdp(ctx, hole, 1400), /none of \d+ datagrams arrived at the container/);
+});
