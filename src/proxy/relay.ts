@@ -38,7 +38,8 @@ type DirectionState = 'running' | 'shutting-down' | 'done';
 /** A direction that has moved this much is a bulk transfer and reads into its own buffers. */
 const FAST_AFTER_BYTES = 1024 * 1024;
 const RING_BUFFERS = 4;
-const RING_BUFFER_BYTES = 256 * 1024;
+const RING_BUFFER_MIN = 128 * 1024;
+const RING_BUFFER_MAX = 1024 * 1024;
 
 const noop = (): void => {};
 
@@ -144,14 +145,17 @@ export class Relay {
    * once (the usual case) takes the next read again; one whose write is still queued stays
    * untouched while reads move on to the next buffer (allocated on first use), and when every
    * buffer of the ring waits on a write, reading stops until the oldest write completes. Writes
-   * complete in order, so ring order is write order. Memory: RING_BUFFERS × RING_BUFFER_BYTES per
-   * bulk direction at most, usually one buffer.
+   * complete in order, so ring order is write order. Buffers start at RING_BUFFER_MIN and double
+   * (up to RING_BUFFER_MAX) while reads fill them: fewer, larger reads for a real bulk stream,
+   * little memory for a moderate one. At most RING_BUFFERS × RING_BUFFER_MAX per direction.
    */
   private ownBufferReads(src: net.Socket, dst: net.Socket, up: boolean): boolean {
-    const ring: Buffer[] = [Buffer.allocUnsafeSlow(RING_BUFFER_BYTES)];
+    let size = RING_BUFFER_MIN;
+    const ring: (Buffer | undefined)[] = [];
     let current = 0;
     let inFlight = 0;
     let stopped = false;
+    let filled = false;
     const onWritten = (): void => {
       inFlight--;
       if (stopped && inFlight < RING_BUFFERS) {
@@ -161,6 +165,7 @@ export class Relay {
     };
     const onRead = (n: number, buf: Buffer): boolean => {
       this.count(up, n);
+      filled = n === buf.length;
       inFlight++;
       dst.write(buf.subarray(0, n), onWritten);
       if (dst.writableLength === 0) return true; // written through: this buffer is free again
@@ -171,7 +176,15 @@ export class Relay {
       }
       return true;
     };
-    const next = (): Buffer => (ring[current] ??= Buffer.allocUnsafeSlow(RING_BUFFER_BYTES));
+    const next = (): Buffer => {
+      const b = ring[current];
+      // Replace only a buffer known to be free: the one just read, whose write went through.
+      if (b !== undefined && !(filled && b.length < RING_BUFFER_MAX && dst.writableLength === 0)) return b;
+      if (b !== undefined) size = Math.min(b.length * 2, RING_BUFFER_MAX);
+      const fresh = Buffer.allocUnsafeSlow(size);
+      ring[current] = fresh;
+      return fresh;
+    };
     return readIntoOwnBuffers(src, onRead, next);
   }
 
