@@ -204,6 +204,14 @@ const socat: PathDef = {
   },
 };
 
+/**
+ * haproxy refuses to start when its descriptor need (about 2 per connection, plus 2 per splice
+ * pipe for a quarter of them) exceeds the limit: size maxconn to the limit we can give it.
+ */
+function haproxyMaxconn(): number {
+  return Math.floor((nofileLimit() - 100) / (haproxySplice() ? 2.5 : 2));
+}
+
 function haproxySplice(): boolean {
   const r = spawnSync('haproxy', ['-vv'], { encoding: 'utf8' });
   return /\+LINUX_SPLICE/.test(`${r.stdout ?? ''}${r.stderr ?? ''}`);
@@ -212,7 +220,7 @@ function haproxySplice(): boolean {
 const haproxy: PathDef = {
   name: 'haproxy',
   unavailable: () => (which('haproxy') === null ? 'not installed (apt-get install -y haproxy)' : null),
-  describe: () => `haproxy, mode tcp${haproxySplice() ? ', option splice-auto' : ''}, default threads (no UDP)`,
+  describe: () => `haproxy, mode tcp${haproxySplice() ? ', option splice-auto' : ''}, maxconn ${haproxyMaxconn()} (what the descriptor limit allows), default threads (no UDP)`,
   start: async ({ topology, workDir }) => {
     const p = hostPorts('haproxy');
     const ctr = topology.addrs.ctr4;
@@ -221,7 +229,7 @@ const haproxy: PathDef = {
       `frontend f_${name}\n  bind 0.0.0.0:${port}\n  default_backend b_${name}\nbackend b_${name}\n  server s1 ${ctr}:${backendPort}\n`;
     writeFileSync(
       cfg,
-      `global\n  maxconn ${Math.floor((nofileLimit() - 200) / 2)}\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n${haproxySplice() ? '  option splice-auto\n' : ''}` +
+      `global\n  maxconn ${haproxyMaxconn()}\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n${haproxySplice() ? '  option splice-auto\n' : ''}` +
         fe('bulk', p.bulk, BACKEND.bulkPort) +
         fe('tcp', p.tcp, BACKEND.tcpPort),
     );

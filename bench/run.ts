@@ -165,6 +165,7 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
   }
 
   const samples = new Map<string, Sample[]>();
+  const restarts: { name: PathName; why: string }[] = [];
   const skipped = new Map<string, string>();
   const key = (p: PathName, w: WorkloadId): string => `${p}\u0000${w}`;
   try {
@@ -205,30 +206,51 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
     await sysctls(topo, 'host', ['net.netfilter.nf_conntrack_tcp_timeout_time_wait=1']);
 
     const cellsTotal = reps * workloads.length * measured.length;
+    const live = new Map<PathName, RunningPath>(measured.map((rp) => [rp.name, rp]));
+    /** A forwarder that died (docker-proxy's accept loop stops on EMFILE) is restarted, and says so. */
+    const revive = async (rp: RunningPath, why: string): Promise<RunningPath | string> => {
+      log(`${rp.name}: ${why}; restarting it for the next cells`);
+      restarts.push({ name: rp.name, why });
+      await rp.stop().catch(() => undefined);
+      try {
+        const fresh = await PATHS[rp.name].start({ topology: topo, workDir: workDir as string, dockerProxy });
+        runningPaths.push(fresh);
+        live.set(rp.name, fresh);
+        if (fresh.forwarderPids !== null) opts.observe?.processes?.(fresh.forwarderPids);
+        return fresh;
+      } catch (err) {
+        return `did not restart: ${err instanceof Error ? err.message : String(err)}`;
+      }
+    };
     let done = 0;
     for (let rep = 0; rep < reps; rep++) {
       // Rotate the order each repetition so no path always runs first (or right after another).
-      const order = measured.map((_, i) => measured[(i + rep) % measured.length] as RunningPath);
+      const order = measured.map((_, i) => (measured[(i + rep) % measured.length] as RunningPath).name);
       for (const w of workloads) {
-        for (const rp of order) {
+        for (const name of order) {
           done++;
+          let rp = live.get(name) as RunningPath;
           const skip = rp.skip(w);
           if (skip !== undefined) {
             skipped.set(key(rp.name, w), skip);
             continue;
           }
-          const ctx: RunContext = { topology: topo, pfgen: built.binary, sink, durations, forwarderPids: rp.forwarderPids, graceMs: opts.graceMs ?? 20_000 };
-          let sample: Sample;
+          let sample: Sample | null = null;
           const dead = rp.health();
-          if (dead !== null) sample = { ok: false, reason: dead };
-          else {
+          if (dead !== null) {
+            const fresh = await revive(rp, dead);
+            if (typeof fresh === 'string') sample = { ok: false, reason: fresh };
+            else rp = fresh;
+          }
+          if (sample === null) {
+            const ctx: RunContext = { topology: topo, pfgen: built.binary, sink, durations, forwarderPids: rp.forwarderPids, graceMs: opts.graceMs ?? 20_000 };
             try {
               sample = await runWorkload(ctx, w, rp.targets);
             } catch (err) {
               sample = { ok: false, reason: err instanceof Error ? err.message : String(err) };
             }
             const after = rp.health();
-            if (sample.ok && after !== null) sample = { ok: false, reason: after };
+            if (after !== null) sample = { ok: false, reason: sample.ok ? `${after} (measured until then: ${describeSample(w, sample)})` : `${sample.reason}; ${after}` };
           }
           const list = samples.get(key(rp.name, w)) ?? [];
           list.push(sample);
@@ -270,7 +292,10 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
       durations: { bulkSeconds: durations.bulkSeconds, otherSeconds: durations.otherSeconds, idleConnections: durations.idleConnections },
       elapsedSeconds: (Date.now() - started) / 1000,
     },
-    paths: statuses,
+    paths: statuses.map((st) => {
+      const r = restarts.filter((x) => x.name === st.name);
+      return r.length === 0 ? st : { ...st, description: `${st.description}; restarted ${r.length} time${r.length === 1 ? '' : 's'} by the bench (first after: ${r[0]?.why ?? ''})` };
+    }),
     workloads: [...workloads],
     cells: withRatios(cells),
   };

@@ -131,7 +131,7 @@ export async function runIdle(ctx: RunContext, target: Target): Promise<Sample> 
   const out = new LineReader(child.stdout);
   const err = new LineReader(child.stderr);
   const exited = finish(child, 600_000);
-  // Each connection is proven end to end before the next; a dead path gives up after 20 in a row.
+  // Each connection is proven end to end before the next; a dead path gives up after 10 in a row.
   const line = await out.waitFor((l) => l.startsWith('{'), count * 5 + 60_000 + ctx.graceMs);
   let rssKiB: number | null = null;
   if (line !== null && ctx.forwarderPids !== null) rssKiB = treeRssKiB(ctx.forwarderPids);

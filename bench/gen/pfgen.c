@@ -344,7 +344,7 @@ static int idle(const char *host, const char *port, long count) {
   int lasterr = 0;
   double start = now();
   for (long i = 0; i < count; i++) {
-    int fd = connect_to(&sa, 3);
+    int fd = connect_to(&sa, 2);
     if (fd >= 0 && transact(fd, 'I') == 0) {
       ok++;
       streak = 0;
@@ -353,8 +353,8 @@ static int idle(const char *host, const char *port, long count) {
     lasterr = errno ? errno : EPROTO;
     if (fd >= 0) close(fd);
     failed++;
-    /* A forwarder that stopped accepting would cost 3 s per attempt: give up on a streak. */
-    if (++streak >= 20) {
+    /* A forwarder that stopped accepting would cost 2 s per attempt: give up on a streak. */
+    if (++streak >= 10) {
       failed += count - i - 1;
       break;
     }
