@@ -160,8 +160,10 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
     void cleanup().then(() => process.exit(130));
   };
   if (opts.handleSignals === true) {
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
+    // `on`, not `once`: while we listen, the topology's own handler leaves the exit to us instead
+    // of re-raising the signal before our temporary files are gone. A second Ctrl-C is harmless.
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
   }
 
   const samples = new Map<string, Sample[]>();
