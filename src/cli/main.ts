@@ -1,6 +1,7 @@
 // The command line: the only place that reads argv and env, wires modules, and picks exit codes.
 import { Command, CommanderError } from 'commander';
 import { readFileSync } from 'node:fs';
+import { registerBenchCommand } from './bench.js';
 import { registerDemoCommand } from './demo.js';
 import { registerRulesCommand } from './rules.js';
 import { registerRunCommand } from './run.js';
@@ -19,6 +20,7 @@ const program = new Command()
 registerRunCommand(program);
 registerValidateCommand(program);
 registerDemoCommand(program);
+registerBenchCommand(program);
 registerRulesCommand(program);
 
 try {
