@@ -101,6 +101,10 @@ export const CATALOGUE = {
     meaning: 'Connecting to the container failed (refused, unreachable).',
     fix: 'Check the container listens on the container port and that its IP is right; the client was disconnected and the listener keeps serving.',
   },
+  PF_WORKER: {
+    meaning: 'A worker process of `run --workers` failed to start or to bind its listeners.',
+    fix: 'Read the error it reported (it names the mapping and address); run with --workers 1 to see it in a single process.',
+  },
   PF_NETNS_HELPER: {
     meaning: 'The helper process inside a network namespace could not be started or failed.',
     fix: 'Check `nsenter` is installed and that portferry may enter the namespace (root, or the owner of the user namespace); portferry restarts the helper on the next connection.',

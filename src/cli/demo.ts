@@ -14,7 +14,7 @@ import { isPortferryError } from '../errors.js';
 import { createLogger, type LogLevel } from '../log.js';
 import { createTopology, type Topology } from '../netns/topology.js';
 import { EXIT_FAILURE, EXIT_OK, logLevelArg, reportError } from './common.js';
-import { startForwarder, type Forwarder } from './run.js';
+import { startForwarder, type Forwarder } from './forwarder.js';
 
 interface DemoFlags {
   readonly port: string;

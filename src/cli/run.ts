@@ -1,95 +1,26 @@
 // `portferry run`: load every mapping, bind every listener (or none), log `ready`, serve until
 // SIGTERM/SIGINT, drain for --drain-timeout, exit 0.
-import type { Command } from 'commander';
-import type { Mapping } from '../api.js';
+import cluster from 'node:cluster';
+import os from 'node:os';
+import { InvalidArgumentError, type Command } from 'commander';
 import { DEFAULTS } from '../config/defaults.js';
-import { formatHostPort, throwIfProblems } from '../config/validate.js';
-import { PortferryError } from '../errors.js';
-import { NetnsDialer, validateNetnsPath } from '../netns/helper.js';
-import { createLogger, type Logger, type LogFormat, type LogLevel } from '../log.js';
-import { DirectDialer, type Dialer } from '../proxy/dialer.js';
-import { Manager } from '../proxy/manager.js';
-import { EXIT_OK, describeMapping, durationArg, loadFromFlags, logFormatArg, logLevelArg, mappingOptions, reportError, type MappingFlags } from './common.js';
-
-export interface Forwarder {
-  readonly manager: Manager;
-  /** Drains (graceMs) then closes everything. */
-  stop(graceMs: number): Promise<void>;
-}
-
-/** Dialers per mapping: direct, or one shared namespace dialer per netns path. */
-export function makeDialerFor(logger: Logger): { dialerFor: (m: Mapping) => Dialer; closeAll: () => Promise<void> } {
-  const direct = new DirectDialer();
-  const byNetns = new Map<string, Dialer>();
-  return {
-    dialerFor(m: Mapping): Dialer {
-      if (m.netns === null) return direct;
-      const existing = byNetns.get(m.netns);
-      if (existing !== undefined) return existing;
-      const userns = usernsFor(m.netns);
-      const dialer = new NetnsDialer({ netnsPath: m.netns, logger, ...(userns !== undefined ? { userns } : {}) });
-      byNetns.set(m.netns, dialer);
-      return dialer;
-    },
-    async closeAll(): Promise<void> {
-      await Promise.all([...byNetns.values()].map((d) => d.close()));
-    },
-  };
-}
-
-/**
- * Rootless: a namespace of another process (/proc/PID/ns/net) is owned by that process's user
- * namespace, which an unprivileged forwarder must enter too (as rootlesskit's child does).
- */
-function usernsFor(netnsPath: string): string | undefined {
-  if (process.getuid?.() === 0) return undefined;
-  const m = /^\/proc\/(\d+)\/ns\/net$/.exec(netnsPath);
-  return m === null ? undefined : `/proc/${m[1]}/ns/user`;
-}
-
-/** Every distinct netns path must be a network namespace before anything is bound. */
-async function checkNetnsPaths(mappings: readonly Mapping[]): Promise<void> {
-  const paths = [...new Set(mappings.flatMap((m) => (m.netns === null ? [] : [m.netns])))];
-  const problems: PortferryError[] = [];
-  for (const p of paths) {
-    try {
-      await validateNetnsPath(p);
-    } catch (err) {
-      problems.push(err instanceof PortferryError ? err : new PortferryError('PF_NETNS_INVALID', `${p}: ${String(err)}`));
-    }
-  }
-  throwIfProblems(problems);
-}
-
-/** Binds every mapping and logs `ready`. Throws (a PortferryError) with nothing left bound. */
-export async function startForwarder(mappings: readonly Mapping[], logger: Logger): Promise<Forwarder> {
-  await checkNetnsPaths(mappings);
-  const dialers = makeDialerFor(logger);
-  const manager = new Manager({ logger, dialerFor: dialers.dialerFor });
-  try {
-    await manager.add(mappings);
-  } catch (err) {
-    await dialers.closeAll();
-    throw err;
-  }
-  const listening = manager.listeners().map((l) => {
-    const a = l.address() ?? l.binding.host;
-    return `${l.binding.mapping.protocol} ${formatHostPort(a.ip, a.port)} -> ${formatHostPort(l.binding.container.ip, l.binding.container.port)}`;
-  });
-  logger.info({ mappings: mappings.map(describeMapping), bound: listening.length, listeners: listening.length <= 20 ? listening : [...listening.slice(0, 20), `… and ${listening.length - 20} more`] }, 'ready');
-  return {
-    manager,
-    async stop(graceMs: number): Promise<void> {
-      await manager.close(graceMs);
-      await dialers.closeAll();
-    },
-  };
-}
+import { createLogger, type LogFormat, type LogLevel } from '../log.js';
+import { startForwarder, type Forwarder } from './forwarder.js';
+import { runWithWorkers, runWorker } from './workers.js';
+import { EXIT_OK, durationArg, loadFromFlags, logFormatArg, logLevelArg, mappingOptions, reportError, type MappingFlags } from './common.js';
 
 interface RunFlags extends MappingFlags {
   readonly logLevel: LogLevel;
   readonly logFormat: LogFormat;
   readonly drainTimeout: number;
+  readonly workers: number;
+}
+
+function workersArg(value: string): number {
+  if (value === 'auto') return os.availableParallelism();
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1 || n > 64) throw new InvalidArgumentError('use a whole number from 1 to 64, or auto (one per CPU)');
+  return n;
 }
 
 export function registerRunCommand(program: Command): void {
@@ -100,11 +31,21 @@ export function registerRunCommand(program: Command): void {
     .option('--drain-timeout <duration>', 'on SIGTERM/SIGINT, let open connections finish for this long', durationArg, DEFAULTS.drainTimeoutMs)
     .option('--log-level <level>', 'trace|debug|info|warn|error|fatal|silent', logLevelArg, 'info')
     .option('--log-format <format>', 'json (default) or pretty', logFormatArg, 'json')
+    .option('--workers <n>', 'TCP worker processes sharing each listening socket (auto: one per CPU); UDP stays in the main process', workersArg, 1)
     .action(async (flags: RunFlags) => {
+      if (cluster.isWorker) {
+        runWorker(createLogger({ level: flags.logLevel, format: flags.logFormat }).child({ worker: cluster.worker?.id }));
+        return;
+      }
       const logger = createLogger({ level: flags.logLevel, format: flags.logFormat });
       let forwarder: Forwarder;
       try {
-        forwarder = await startForwarder(await loadFromFlags(flags), logger);
+        const mappings = await loadFromFlags(flags);
+        if (flags.workers > 1 && mappings.some((m) => m.protocol === 'tcp')) {
+          await runWithWorkers(mappings, { workers: flags.workers, drainTimeoutMs: flags.drainTimeout }, logger);
+          return;
+        }
+        forwarder = await startForwarder(mappings, logger);
       } catch (err) {
         process.exitCode = reportError(err);
         logger.flush();

@@ -1,0 +1,125 @@
+// `run --workers N`: TCP in N worker processes sharing each listening socket, UDP in the main
+// process; one ready line; all-or-nothing start; drain on SIGTERM; a dead worker is replaced.
+import t from 'tap';
+import { spawnSync } from 'node:child_process';
+import dgram from 'node:dgram';
+import { createHash } from 'node:crypto';
+import { connect, echoRoundTrip, echoServer, freePort, readAll, runCli, startServer, until } from '../helpers/net.js';
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function udpEcho(teardown: (fn: () => unknown) => void): Promise<number> {
+  const s = dgram.createSocket('udp4');
+  s.on('message', (m, r) => s.send(m, r.port, r.address));
+  await new Promise<void>((r) => s.bind(0, '127.0.0.1', () => r()));
+  teardown(() => s.close());
+  return s.address().port;
+}
+
+function records(stderr: string): Record<string, unknown>[] {
+  return stderr
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
+t.test('two workers serve TCP, the main process serves UDP; one ready line', async (t) => {
+  const echo = await echoServer(t.teardown);
+  const uport = await udpEcho(t.teardown);
+  const port = await freePort();
+  const p = runCli(t.teardown, ['run', '--workers', '2', '--log-level', 'debug', '-p', `127.0.0.1:${port}:127.0.0.1:${echo.port}`, '-p', `127.0.0.1:${port}:127.0.0.1:${uport}/udp`]);
+  const ready = await p.ready;
+  t.equal(ready['workers'], 2);
+  const pids = ready['workerPids'] as number[];
+  t.equal(pids.length, 2, 'two worker PIDs');
+  t.same(ready['listeners'], [`tcp 127.0.0.1:${port} -> 127.0.0.1:${echo.port}`, `udp 127.0.0.1:${port} -> 127.0.0.1:${uport}`]);
+
+  // Rounds of concurrent connections until both workers have served some (the kernel picks).
+  let ok = 0;
+  for (let round = 0; round < 20; round++) {
+    const res = await Promise.all(Array.from({ length: 25 }, async (_, i) => (await echoRoundTrip(port, Buffer.from(`r${round} c${i}`))).received.toString() === `r${round} c${i}`));
+    ok += res.filter(Boolean).length;
+    const servedBy = new Set(records(p.stderr()).filter((r) => r['msg'] === 'connection closed').map((r) => r['pid']));
+    if (servedBy.size === 2) break;
+  }
+  await until(() => records(p.stderr()).filter((r) => r['msg'] === 'connection closed').length >= ok, 5000, 'the connection logs');
+  const servedBy = new Set(records(p.stderr()).filter((r) => r['msg'] === 'connection closed').map((r) => r['pid']));
+  t.ok(ok > 0 && ok % 25 === 0, `every connection echoed (${ok})`);
+  t.same([...servedBy].sort(), [...pids].sort(), 'connections were served by both workers');
+  t.notOk(servedBy.has(ready['pid']), 'the main process accepted none');
+
+  const c = dgram.createSocket('udp4');
+  t.teardown(() => c.close());
+  const reply = new Promise<string>((r) => c.once('message', (m) => r(m.toString())));
+  c.send('udp through the main process', port, '127.0.0.1');
+  t.equal(await reply, 'udp through the main process');
+
+  p.child.kill('SIGTERM');
+  t.equal(await p.exited, 0);
+  await until(() => pids.every((pid) => !alive(pid)), 5000, 'the workers to exit');
+  t.pass('no worker left');
+});
+
+t.test('SIGTERM with a transfer in flight through a worker: it completes, then everything exits 0', async (t) => {
+  const echo = await echoServer(t.teardown);
+  const port = await freePort();
+  const p = runCli(t.teardown, ['run', '--workers', '2', '--drain-timeout', '20s', '-p', `127.0.0.1:${port}:127.0.0.1:${echo.port}`]);
+  const pids = (await p.ready)['workerPids'] as number[];
+  const s = await connect(port);
+  const got = readAll(s);
+  const sent = createHash('sha256');
+  let total = 0;
+  for (let i = 0; i < 32; i++) {
+    const chunk = Buffer.alloc(256 * 1024, i);
+    sent.update(chunk);
+    total += chunk.length;
+    s.write(chunk);
+    if (i === 0) {
+      await new Promise((r) => setTimeout(r, 50));
+      p.child.kill('SIGTERM');
+      await until(() => p.stderr().includes('stopping'), 5000, 'draining');
+    }
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  s.end();
+  const r = await got;
+  t.equal(r.data.length, total, 'every byte came back');
+  t.equal(createHash('sha256').update(r.data).digest('hex'), sent.digest('hex'));
+  t.equal(await p.exited, 0);
+  await until(() => pids.every((pid) => !alive(pid)), 5000, 'the workers to exit');
+  t.pass('workers gone');
+});
+
+t.test('a taken port: PF_BIND_ADDRINUSE from the workers, exit 1, no worker left', async (t) => {
+  const holder = await startServer(t.teardown, () => {});
+  const p = runCli(t.teardown, ['run', '--workers', '2', '-p', `127.0.0.1:${holder.port}:127.0.0.1:9`]);
+  t.equal(await p.exited, 1);
+  t.match(p.stderr(), /PF_BIND_ADDRINUSE/);
+  t.match(p.stderr(), new RegExp(`127\\.0\\.0\\.1:${holder.port}`));
+  // Look up (never signal) processes whose command line carries this spec: none may remain.
+  const left = spawnSync('pgrep', ['-f', `127.0.0.1:${holder.port}:127.0.0.1:9`], { encoding: 'utf8' }).stdout.trim();
+  t.equal(left, '', 'no worker left');
+});
+
+t.test('a worker killed: a replacement starts and new connections keep working', async (t) => {
+  const echo = await echoServer(t.teardown);
+  const port = await freePort();
+  const p = runCli(t.teardown, ['run', '--workers', '2', '-p', `127.0.0.1:${port}:127.0.0.1:${echo.port}`]);
+  const pids = (await p.ready)['workerPids'] as number[];
+  process.kill(pids[0] as number, 'SIGKILL');
+  await until(() => p.stderr().includes('a worker died; starting a replacement'), 5000, 'the replacement');
+  for (let i = 0; i < 20; i++) {
+    const r = await echoRoundTrip(port, Buffer.from(`after ${i}`));
+    t.equal(r.received.toString(), `after ${i}`);
+  }
+  t.equal(p.child.exitCode, null, 'the main process kept running');
+  p.child.kill('SIGTERM');
+  t.equal(await p.exited, 0);
+});
