@@ -75,7 +75,9 @@ export async function runWithWorkers(mappings: readonly Mapping[], opts: { worke
         if (!isToPrimary(msg)) return;
         // 'online' comes before the worker's own code listens: it says hello when it does.
         if (msg.t === 'hello') {
-          w.send({ t: 'start', mappings: [...tcp] } satisfies ToWorker);
+          // A worker that comes up while we stop (a replacement) is told to stop at once: a
+          // message sent before its hello would have been lost.
+          w.send((stopping ? { t: 'stop', graceMs: 0 } : { t: 'start', mappings: [...tcp] }) satisfies ToWorker);
           return;
         }
         clearTimeout(timer);
@@ -87,7 +89,7 @@ export async function runWithWorkers(mappings: readonly Mapping[], opts: { worke
         clearTimeout(timer);
         reject(new PortferryError('PF_WORKER', `worker ${w.id} (pid ${w.process.pid ?? '?'}) exited (${signal ?? code}) before it was ready`));
         if (started && !stopping) {
-          logger.warn({ worker: w.id, pid: w.process.pid, code, signal }, 'a worker died; starting a replacement (its connections were lost)');
+          logger.warn({ worker: w.id, workerPid: w.process.pid, code, signal }, 'a worker died; starting a replacement (its connections were lost)');
           void start().catch((err: unknown) => logger.error({ err: serialize(err) }, 'the replacement worker failed to start'));
         }
       });
@@ -119,7 +121,11 @@ export async function runWithWorkers(mappings: readonly Mapping[], opts: { worke
     const all = [...workers];
     for (const w of all) if (w.isConnected()) w.send({ t: 'stop', graceMs: opts.drainTimeoutMs } satisfies ToWorker);
     const bound = setTimeout(() => {
-      for (const w of all) if (!w.isDead()) w.process.kill('SIGKILL');
+      for (const w of all) {
+        if (w.isDead()) continue;
+        logger.warn({ worker: w.id, workerPid: w.process.pid }, 'a worker did not exit after the drain timeout; killed');
+        w.process.kill('SIGKILL');
+      }
     }, opts.drainTimeoutMs + EXIT_BOUND_MS);
     void Promise.all([...all.map(exited), local?.stop(opts.drainTimeoutMs)]).then(() => {
       clearTimeout(bound);

@@ -122,4 +122,21 @@ t.test('a worker killed: a replacement starts and new connections keep working',
   t.equal(p.child.exitCode, null, 'the main process kept running');
   p.child.kill('SIGTERM');
   t.equal(await p.exited, 0);
+  // Regression: a replacement still starting when the stop came missed the stop message and had
+  // to be killed after the drain timeout.
+  t.notMatch(p.stderr(), /did not exit after the drain timeout/, 'every worker, the replacement too, stopped when told');
+});
+
+t.test('stop while a replacement worker is still starting: it is stopped too, not left serving', async (t) => {
+  const echo = await echoServer(t.teardown);
+  const port = await freePort();
+  const p = runCli(t.teardown, ['run', '--workers', '2', '-p', `127.0.0.1:${port}:127.0.0.1:${echo.port}`]);
+  const pids = (await p.ready)['workerPids'] as number[];
+  process.kill(pids[0] as number, 'SIGKILL');
+  await until(() => p.stderr().includes('a worker died; starting a replacement'), 5000, 'the replacement to be forked');
+  p.child.kill('SIGTERM'); // at once: the replacement has not said hello yet
+  t.equal(await p.exited, 0);
+  t.notMatch(p.stderr(), /did not exit after the drain timeout/, 'the replacement was told to stop when it came up');
+  const left = spawnSync('pgrep', ['-f', `127.0.0.1:${port}:127.0.0.1:${echo.port}`], { encoding: 'utf8' }).stdout.trim();
+  t.equal(left, '', 'no worker left');
 });
