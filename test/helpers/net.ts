@@ -137,6 +137,39 @@ export function runCli(teardown: Teardown, args: readonly string[], env: NodeJS.
   return { child, stdout: () => out, stderr: () => err, exited, ready };
 }
 
+/**
+ * Echoes `chunks` × 256 KiB through `port`, paced; after the first chunk sends SIGTERM to `cli`
+ * and waits until it logs that it is draining, then calls `whileDraining` (if given). Returns what
+ * came back and the hashes, for the caller to compare.
+ */
+export async function transferAcrossSigterm(
+  port: number,
+  cli: CliProcess,
+  chunks: number,
+  whileDraining?: () => Promise<void>,
+): Promise<{ ended: string; bytes: number; total: number; sentHash: string; receivedHash: string }> {
+  const s = await connect(port);
+  const got = readAll(s);
+  const sent = createHash('sha256');
+  let total = 0;
+  for (let i = 0; i < chunks; i++) {
+    const chunk = Buffer.alloc(256 * 1024, i);
+    sent.update(chunk);
+    total += chunk.length;
+    s.write(chunk);
+    if (i === 0) {
+      await new Promise((r) => setTimeout(r, 50));
+      cli.child.kill('SIGTERM');
+      await until(() => cli.stderr().includes('stopping'), 5000, 'the forwarder to start draining');
+      await whileDraining?.();
+    }
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  s.end();
+  const r = await got;
+  return { ended: r.ended, bytes: r.data.length, total, sentHash: sent.digest('hex'), receivedHash: sha256(r.data) };
+}
+
 /** This process's environment without the test runner's loader hooks, for child processes running dist/. */
 export function cleanEnv(): NodeJS.ProcessEnv {
   const env = { ...process.env };

@@ -2,10 +2,9 @@
 import t from 'tap';
 import net from 'node:net';
 import { spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { skipUnless } from '../helpers/env.js';
-import { cleanEnv, cliPath, connect, echoRoundTrip, echoServer, freePort, readAll, runCli, startServer, until } from '../helpers/net.js';
+import { cleanEnv, cliPath, connect, echoRoundTrip, echoServer, freePort, readAll, runCli, startServer, transferAcrossSigterm, until } from '../helpers/net.js';
 
 t.test('validate prints normalised mappings, exit 0; bad input exits 1 naming every problem', async (t) => {
   const ok = runCli(t.teardown, ['validate', '-p', '127.0.0.1:8080:10.88.0.2:80', '-p', '[::1]:5353:[fd00::2]:53/udp']);
@@ -84,32 +83,14 @@ t.test('SIGTERM with a transfer in flight: the transfer completes, then exit 0',
   const port = await freePort();
   const p = runCli(t.teardown, ['run', '--drain-timeout', '20s', '-p', `127.0.0.1:${port}:127.0.0.1:${echo.port}`]);
   await p.ready;
-  const s = await connect(port);
-  const got = readAll(s);
-  const sent = createHash('sha256');
-  const chunk = Buffer.alloc(256 * 1024);
-  let total = 0;
-  // First chunk, then SIGTERM, then the rest of the transfer (paced), then end.
-  for (let i = 0; i < 64; i++) {
-    chunk.fill(i);
-    sent.update(chunk);
-    total += chunk.length;
-    s.write(chunk);
-    if (i === 0) {
-      await new Promise((r) => setTimeout(r, 50));
-      p.child.kill('SIGTERM');
-      await until(() => p.stderr().includes('stopping'), 5000, 'the forwarder to start draining');
-      // New connections are refused while draining.
-      const refused = await connect(port).then((c) => (c.destroy(), 'connected'), (e: NodeJS.ErrnoException) => e.code);
-      t.equal(refused, 'ECONNREFUSED', 'no new connections after SIGTERM');
-    }
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  s.end();
-  const r = await got;
+  const r = await transferAcrossSigterm(port, p, 64, async () => {
+    // New connections are refused while draining.
+    const refused = await connect(port).then((c) => (c.destroy(), 'connected'), (e: NodeJS.ErrnoException) => e.code);
+    t.equal(refused, 'ECONNREFUSED', 'no new connections after SIGTERM');
+  });
   t.equal(r.ended, 'eof', 'clean end');
-  t.equal(r.data.length, total, 'every byte came back');
-  t.equal(createHash('sha256').update(r.data).digest('hex'), sent.digest('hex'), 'intact');
+  t.equal(r.bytes, r.total, 'every byte came back');
+  t.equal(r.receivedHash, r.sentHash, 'intact');
   t.equal(await p.exited, 0, 'then the process exits 0');
 });
 

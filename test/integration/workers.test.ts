@@ -3,8 +3,7 @@
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import dgram from 'node:dgram';
-import { createHash } from 'node:crypto';
-import { connect, echoRoundTrip, echoServer, freePort, readAll, runCli, startServer, until } from '../helpers/net.js';
+import { echoRoundTrip, echoServer, freePort, runCli, startServer, transferAcrossSigterm, until } from '../helpers/net.js';
 
 function alive(pid: number): boolean {
   try {
@@ -72,26 +71,10 @@ t.test('SIGTERM with a transfer in flight through a worker: it completes, then e
   const port = await freePort();
   const p = runCli(t.teardown, ['run', '--workers', '2', '--drain-timeout', '20s', '-p', `127.0.0.1:${port}:127.0.0.1:${echo.port}`]);
   const pids = (await p.ready)['workerPids'] as number[];
-  const s = await connect(port);
-  const got = readAll(s);
-  const sent = createHash('sha256');
-  let total = 0;
-  for (let i = 0; i < 32; i++) {
-    const chunk = Buffer.alloc(256 * 1024, i);
-    sent.update(chunk);
-    total += chunk.length;
-    s.write(chunk);
-    if (i === 0) {
-      await new Promise((r) => setTimeout(r, 50));
-      p.child.kill('SIGTERM');
-      await until(() => p.stderr().includes('stopping'), 5000, 'draining');
-    }
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  s.end();
-  const r = await got;
-  t.equal(r.data.length, total, 'every byte came back');
-  t.equal(createHash('sha256').update(r.data).digest('hex'), sent.digest('hex'));
+  const r = await transferAcrossSigterm(port, p, 32);
+  t.equal(r.ended, 'eof', 'clean end');
+  t.equal(r.bytes, r.total, 'every byte came back');
+  t.equal(r.receivedHash, r.sentHash, 'intact');
   t.equal(await p.exited, 0);
   await until(() => pids.every((pid) => !alive(pid)), 5000, 'the workers to exit');
   t.pass('workers gone');
