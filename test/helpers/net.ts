@@ -178,13 +178,25 @@ export function cleanEnv(): NodeJS.ProcessEnv {
   return env;
 }
 
-/** A port that was free a moment ago (bind 0, read, release). */
+/**
+ * A TCP port that was free a moment ago. Picked at random below the kernel's ephemeral range
+ * (32768+), so that no other test's outgoing connection can be using it by the time the caller
+ * binds it; and away from 20000-20099 / 30000-30099 (the range test and the benchmark use those).
+ */
 export async function freePort(host = '127.0.0.1'): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, host, () => r()));
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const port = 21000 + Math.floor(Math.random() * 9000);
+    const s = net.createServer();
+    const ok = await new Promise<boolean>((resolve) => {
+      s.once('error', () => resolve(false));
+      s.listen({ port, host, exclusive: true }, () => resolve(true));
+    });
+    if (ok) {
+      await new Promise<void>((r) => s.close(() => r()));
+      return port;
+    }
+  }
+  throw new Error(`no free port found on ${host} in 21000-29999`);
 }
 
 /** Polls `check` until it returns true (bounded: rejects after `ms`). For waiting on state, not for timing. */

@@ -138,12 +138,19 @@ t.test('IPv6 [::1]:P -> [::1]:Q works, up to the IPv6 maximum datagram', async (
 
 t.test('a UDP and a TCP listener share one host port number', async (t) => {
   const echo = await startEcho(t);
-  const { port } = await startListener(t, { containerPort: echo.port });
+  // The kernel picks the UDP port; the same number may be busy for TCP (another test's ephemeral
+  // port, say). Then try again with a new UDP port, a bounded number of times.
   const server = net.createServer((s) => s.end('tcp here'));
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, '127.0.0.1', () => resolve());
-  });
+  let port = 0;
+  for (let attempt = 0; port === 0; attempt++) {
+    const started = await startListener(t, { containerPort: echo.port });
+    const bound = await new Promise<boolean>((resolve, reject) => {
+      server.once('error', (err: NodeJS.ErrnoException) => (err.code === 'EADDRINUSE' && attempt < 10 ? resolve(false) : reject(err)));
+      server.listen(started.port, '127.0.0.1', () => resolve(true));
+    });
+    if (bound) port = started.port;
+    else started.listener.destroy();
+  }
   t.teardown(() => new Promise<void>((r) => server.close(() => r())));
 
   const client = await udpSocket(t);
