@@ -138,25 +138,30 @@ const direct: PathDef = {
   },
 };
 
-const portferry: PathDef = {
-  name: 'portferry',
-  unavailable: () => (existsSync(join(packageRoot(), 'dist', 'cli', 'main.js')) ? null : 'not built: run `npm run build`'),
-  describe: () => `portferry ${portferryVersion()} (this build, node ${process.version}), one process, \`portferry run -p …\``,
-  start: async ({ topology }) => {
-    const p = hostPorts('portferry');
-    const ctr = topology.addrs.ctr4;
-    const bin = join(packageRoot(), 'bin', 'portferry.js');
-    const child = topology.spawn('host', ...withNofile([process.execPath, bin, 'run', '-p', `0.0.0.0:${p.bulk}:${ctr}:${BACKEND.bulkPort}`, '-p', `0.0.0.0:${p.tcp}:${ctr}:${BACKEND.tcpPort}`, '-p', `0.0.0.0:${p.udp}:${ctr}:${BACKEND.udpPort}/udp`, '--drain-timeout', '100ms', '--log-level', 'info']),
-      { stdio: ['ignore', 'ignore', 'pipe'] },
-    );
-    const fw = new Forwarder('portferry', [child]);
-    await startChecked(fw, async () => {
-      const line = await fw.stderr[0]?.waitFor((l) => l.includes('"msg":"ready"') || l.includes('PF_'), START_TIMEOUT_MS);
-      if (line === null || line === undefined || !line.includes('"msg":"ready"')) throw new Error(fw.health() ?? `portferry did not log ready within ${START_TIMEOUT_MS / 1000} s${line ? `: ${line}` : ''}`);
-    });
-    return running('portferry', topology, fw);
-  },
-};
+/** portferry as users run it: one process, or TCP spread over `workers` processes (`--workers`). */
+function portferryPath(name: 'portferry' | 'portferry-2w', workers: number): PathDef {
+  return {
+    name,
+    unavailable: () => (existsSync(join(packageRoot(), 'dist', 'cli', 'main.js')) ? null : 'not built: run `npm run build`'),
+    describe: () =>
+      workers === 1
+        ? `portferry ${portferryVersion()} (this build, node ${process.version}), one process, \`portferry run -p …\``
+        : `portferry ${portferryVersion()} (this build), \`portferry run --workers ${workers} -p …\`: TCP in ${workers} worker processes sharing each listening socket, UDP in the main process`,
+    start: async ({ topology }) => {
+      const p = hostPorts(name);
+      const ctr = topology.addrs.ctr4;
+      const bin = join(packageRoot(), 'bin', 'portferry.js');
+      const argv = [process.execPath, bin, 'run', '--workers', String(workers), '-p', `0.0.0.0:${p.bulk}:${ctr}:${BACKEND.bulkPort}`, '-p', `0.0.0.0:${p.tcp}:${ctr}:${BACKEND.tcpPort}`, '-p', `0.0.0.0:${p.udp}:${ctr}:${BACKEND.udpPort}/udp`, '--drain-timeout', '100ms', '--log-level', 'info'];
+      const child = topology.spawn('host', ...withNofile(argv), { stdio: ['ignore', 'ignore', 'pipe'] });
+      const fw = new Forwarder(name, [child]);
+      await startChecked(fw, async () => {
+        const line = await fw.stderr[0]?.waitFor((l) => l.includes('"msg":"ready"') || l.includes('PF_'), START_TIMEOUT_MS);
+        if (line === null || line === undefined || !line.includes('"msg":"ready"')) throw new Error(fw.health() ?? `portferry did not log ready within ${START_TIMEOUT_MS / 1000} s${line ? `: ${line}` : ''}`);
+      });
+      return running(name, topology, fw);
+    },
+  };
+}
 
 function kernelPath(backend: Backend): PathDef {
   const tool = backend === 'iptables' ? 'iptables-restore' : 'nft';
@@ -290,7 +295,8 @@ const dockerProxy: PathDef = {
 
 export const PATHS: Readonly<Record<PathName, PathDef>> = {
   direct,
-  portferry,
+  portferry: portferryPath('portferry', 1),
+  'portferry-2w': portferryPath('portferry-2w', 2),
   iptables: kernelPath('iptables'),
   nftables: kernelPath('nftables'),
   'docker-proxy': dockerProxy,

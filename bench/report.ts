@@ -141,6 +141,7 @@ const COLOURS: Readonly<Record<PathName, string>> = {
   socat: '#ff7f0e',
   haproxy: '#9467bd',
   nginx: '#8c564b',
+  'portferry-2w': '#ff9896',
 };
 
 function esc(s: string): string {
