@@ -1,7 +1,8 @@
 // The forwarder as the CLI assembles it: dialers per mapping (direct, or one namespace dialer per
 // netns path), a manager, all-or-nothing binding, and the one `ready` line.
 import type { Mapping } from '../api.js';
-import { formatHostPort, throwIfProblems } from '../config/validate.js';
+import { formatHostPort } from '../addr.js';
+import { throwIfProblems } from '../config/validate.js';
 import { PortferryError } from '../errors.js';
 import { NetnsDialer, validateNetnsPath } from '../netns/helper.js';
 import type { Logger } from '../log.js';

@@ -1,6 +1,7 @@
 // `portferry validate`: check the mappings exactly as `run` would, print them normalised, exit 1 on error.
 import type { Command } from 'commander';
-import { expandBindings, formatHostPort } from '../config/validate.js';
+import { formatHostPort } from '../addr.js';
+import { expandBindings } from '../config/validate.js';
 import { EXIT_OK, describeMapping, loadFromFlags, mappingOptions, reportError, type MappingFlags } from './common.js';
 
 export function registerValidateCommand(program: Command): void {

@@ -2,6 +2,7 @@
 // Every problem of every mapping is collected; then conflicts across mappings; then one throw.
 import net from 'node:net';
 import type { Binding, Mapping, Protocol, ProxyProtocolVersion } from '../api.js';
+import { formatHostPort, isUnspecified } from '../addr.js';
 import { PortferryError } from '../errors.js';
 import { DEFAULTS } from './defaults.js';
 
@@ -95,17 +96,8 @@ export function canonicalIP(ip: string): string | null {
   return null;
 }
 
-export function isUnspecified(ip: string): boolean {
-  return ip === '0.0.0.0' || ip === '::';
-}
-
 export function familyOf(ip: string): 4 | 6 {
   return net.isIPv6(ip) ? 6 : 4;
-}
-
-export function formatHostPort(ip: string | null, port: number | string): string {
-  if (ip === null) return `*:${port}`;
-  return ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`;
 }
 
 /** Validates one raw mapping; pushes problems; returns the Mapping when it has none. */

@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs';
 import type { Binding, Endpoint } from '../api.js';
 import { PortferryError, errnoCode } from '../errors.js';
-import { formatEndpoint } from './dialer.js';
+import { formatEndpoint } from '../addr.js';
 
 const UNPRIVILEGED_PORT_START = '/proc/sys/net/ipv4/ip_unprivileged_port_start';
 

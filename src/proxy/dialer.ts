@@ -5,6 +5,7 @@
 import net from 'node:net';
 import dgram from 'node:dgram';
 import type { Endpoint } from '../api.js';
+import { formatEndpoint } from '../addr.js';
 import { PortferryError, errnoCode } from '../errors.js';
 
 export interface DialOptions {
@@ -54,10 +55,6 @@ export function dialTimeoutError(target: Endpoint, timeoutMs: number): Portferry
   });
 }
 
-/** `1.2.3.4:80`, `[::1]:80`. */
-export function formatEndpoint(e: Endpoint): string {
-  return e.ip.includes(':') ? `[${e.ip}]:${e.port}` : `${e.ip}:${e.port}`;
-}
 
 /** Dials from this process's own network namespace. */
 export class DirectDialer implements Dialer {

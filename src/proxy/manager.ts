@@ -3,7 +3,8 @@
 // and the error is thrown). The manager does not know where dialers come from: the CLI wires them.
 import type { Binding, BindingStats, Listener, Mapping } from '../api.js';
 import { PortferryError } from '../errors.js';
-import { expandBindings, findConflicts, formatHostPort, throwIfProblems } from '../config/validate.js';
+import { formatHostPort } from '../addr.js';
+import { expandBindings, findConflicts, throwIfProblems } from '../config/validate.js';
 import type { Logger } from '../log.js';
 import type { Dialer } from './dialer.js';
 import { TcpListener } from './tcp.js';

@@ -24,6 +24,7 @@ import {
   V1ProxyProtocol,
   V2ProxyProtocol,
 } from 'proxy-protocol-js';
+import { formatHostPort } from '../addr.js';
 import type { Endpoint } from '../api.js';
 import { PortferryError } from '../errors.js';
 import { crc32c } from './crc32c.js';
@@ -167,9 +168,9 @@ export function newUniqueId(): Buffer {
   return id;
 }
 
+/** For error messages about input that may not be well-formed (an ip that is not a string). */
 function formatEndpoint(e: Endpoint): string {
-  const ip = String((e as Partial<Endpoint>).ip);
-  return ip.includes(':') ? `[${ip}]:${String(e.port)}` : `${ip}:${String(e.port)}`;
+  return formatHostPort(String((e as Partial<Endpoint>).ip), String(e.port));
 }
 
 function checkPort(port: number, side: string, fail: (why: string) => never): void {

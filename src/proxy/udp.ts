@@ -34,7 +34,8 @@ import type { Binding, Endpoint, Family, Listener, UdpStats } from '../api.js';
 import { PortferryError, errnoCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import { bindError } from './bind-error.js';
-import { formatEndpoint, type Dialer, type UdpChannel } from './dialer.js';
+import { formatEndpoint, isUnspecified } from '../addr.js';
+import type { Dialer, UdpChannel } from './dialer.js';
 import { FlowTable, type FlowLink } from './flow-table.js';
 import { buildProxyHeader, newUniqueId } from './proxy-header.js';
 
@@ -625,9 +626,6 @@ function closeHostSocket(hs: HostSocket): void {
   }
 }
 
-function isUnspecified(ip: string): boolean {
-  return ip === '0.0.0.0' || ip === '::';
-}
 
 /** The host's own addresses of one family that a socket can bind to without a scope id. */
 export function localAddresses(family: Family): string[] {

@@ -8,6 +8,7 @@
 //   CNI-HOSTPORT-MASQ:    -m mark --mark <mark>/<mark> -j MASQUERADE
 //   CNI-HOSTPORT-DNAT:    per protocol (sorted), ≤ 15 ports: -m multiport ... -j CNI-DN-<hash>
 //   CNI-DN-<hash>:        per entry: hairpin mark, localhost mark (IPv4), DNAT
+import { isUnspecified } from '../addr.js';
 import type { Family } from '../api.js';
 import { dnatChainName, type PortmapInput, type PortmapTarget } from './model.js';
 
@@ -67,10 +68,6 @@ function splitPorts(ports: readonly number[]): string[] {
 
 function ipPort(ip: string, port: number, family: Family): string {
   return family === 6 ? `[${ip}]:${port}` : `${ip}:${port}`;
-}
-
-function isUnspecified(ip: string): boolean {
-  return ip === '0.0.0.0' || /^[0:]+$/.test(ip) || ip === '::';
 }
 
 function containerChainFor(input: PortmapInput, target: PortmapTarget): IptChain {

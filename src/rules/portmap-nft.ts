@@ -9,6 +9,7 @@
 //   hostports:     [ip daddr <hostIP>] <proto> dport <hostPort> dnat to <cip>:<cport> comment "<containerID>"
 //   masquerading (nat, hook postrouting, priority 100), with snat:
 //                  ip saddr <cip> ip daddr <cip> masquerade; IPv4 also ip saddr 127.0.0.1 …
+import { isUnspecified } from '../addr.js';
 import type { Family } from '../api.js';
 import { familyOf, type PortmapInput, type PortmapTarget } from './model.js';
 
@@ -43,10 +44,6 @@ export function nftFamily(family: Family): NftFamily {
 
 function joinHostPort(ip: string, port: number): string {
   return ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`;
-}
-
-function isUnspecified(ip: string): boolean {
-  return ip === '0.0.0.0' || /^[0:]+$/.test(ip);
 }
 
 export function buildNftRuleset(input: PortmapInput, target: PortmapTarget): NftRuleset {
