@@ -18,7 +18,7 @@ import dgram from 'node:dgram';
 import type { Endpoint } from '../api.js';
 import { PortferryError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { dialError, dialTimeoutError, wrapConnectedDgram, type DialOptions, type Dialer, type UdpChannel } from '../proxy/dialer.js';
+import { dialError, dialTimeoutError, wrapDgram, type DialOptions, type Dialer, type UdpChannel } from '../proxy/dialer.js';
 import { isHelperReply, type HelperReply, type HelperRequest } from './helper-protocol.js';
 import { validateNetnsPath } from './nsfs.js';
 
@@ -340,14 +340,14 @@ export class NetnsDialer implements Dialer {
           handle.once('error', onError);
           if (family === 6 && !fixReceivedUdp6Connect(handle)) {
             handle.off('error', onError);
-            resolve(wrapUnconnectedDgram(handle, target));
+            resolve(wrapDgram(handle, target));
             return;
           }
           // A failed connect calls back with the error (and emits nothing).
           handle.connect(target.port, target.ip, (err?: Error) => {
             handle.off('error', onError);
             if (err !== undefined && err !== null) onError(err);
-            else resolve(wrapConnectedDgram(handle));
+            else resolve(wrapDgram(handle));
           });
         });
       },
@@ -391,34 +391,3 @@ function fixReceivedUdp6Connect(socket: dgram.Socket): boolean {
   return true;
 }
 
-/**
- * The fallback when a received socket cannot be connected: send to the target explicitly and drop
- * datagrams from anyone else. (It gets no ICMP-driven errors, and costs a little more per send.)
- */
-function wrapUnconnectedDgram(socket: dgram.Socket, target: Endpoint): UdpChannel {
-  let closed = false;
-  let errorHandler: (err: Error) => void = () => {};
-  socket.on('error', (err) => errorHandler(err));
-  const want = net.isIPv6(target.ip) ? new net.SocketAddress({ address: target.ip, family: 'ipv6' }).address : target.ip;
-  return {
-    send(payload) {
-      if (closed) return;
-      socket.send(payload as Buffer[], target.port, target.ip, (err) => {
-        if (err) errorHandler(err);
-      });
-    },
-    onMessage(handler) {
-      socket.on('message', (msg, rinfo) => {
-        if (rinfo.port === target.port && rinfo.address === want) handler(msg);
-      });
-    },
-    onError(handler) {
-      errorHandler = handler;
-    },
-    close() {
-      if (closed) return;
-      closed = true;
-      socket.close();
-    },
-  };
-}

@@ -116,12 +116,17 @@ export function openConnectedUdp(target: Endpoint): Promise<UdpChannel> {
     socket.once('error', onError);
     socket.connect(target.port, target.ip, () => {
       socket.off('error', onError);
-      resolve(wrapConnectedDgram(socket));
+      resolve(wrapDgram(socket));
     });
   });
 }
 
-export function wrapConnectedDgram(socket: dgram.Socket): UdpChannel {
+/**
+ * A dgram socket as a UdpChannel. Connected (the usual case): plain sends, and the kernel delivers
+ * only the target's datagrams and its ICMP errors. With `unconnectedTarget` (a socket that could
+ * not be connected): every send names the target and datagrams from anyone else are dropped.
+ */
+export function wrapDgram(socket: dgram.Socket, unconnectedTarget?: Endpoint): UdpChannel {
   let closed = false;
   let errorHandler: (err: Error) => void = () => {};
   socket.on('error', (err) => errorHandler(err));
@@ -129,13 +134,20 @@ export function wrapConnectedDgram(socket: dgram.Socket): UdpChannel {
   const afterSend = (err: Error | null): void => {
     if (err) errorHandler(err);
   };
+  const target = unconnectedTarget;
+  // rinfo.address is canonical text; compare with the target written the same way.
+  const wanted = target === undefined ? '' : net.isIPv6(target.ip) ? new net.SocketAddress({ address: target.ip, family: 'ipv6' }).address : target.ip;
   return {
     send(payload) {
       if (closed) return;
-      socket.send(payload as Buffer[], afterSend);
+      if (target === undefined) socket.send(payload as Buffer[], afterSend);
+      else socket.send(payload as Buffer[], target.port, target.ip, afterSend);
     },
     onMessage(handler) {
-      socket.on('message', handler);
+      if (target === undefined) socket.on('message', handler);
+      else socket.on('message', (msg, rinfo) => {
+        if (rinfo.port === target.port && rinfo.address === wanted) handler(msg);
+      });
     },
     onError(handler) {
       errorHandler = handler;
