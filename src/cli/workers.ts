@@ -22,7 +22,7 @@ interface SerializedError {
   readonly hint: string;
 }
 
-type ToWorker = { readonly t: 'start'; readonly mappings: Mapping[] } | { readonly t: 'stop'; readonly graceMs: number } | { readonly t: 'destroy' };
+type ToWorker = { readonly t: 'start'; readonly mappings: Mapping[]; readonly drainTimeoutMs: number } | { readonly t: 'stop'; readonly graceMs: number } | { readonly t: 'destroy' };
 type ToPrimary = { readonly t: 'hello' } | { readonly t: 'ready'; readonly listening: string[] } | { readonly t: 'failed'; readonly error: SerializedError };
 
 const START_TIMEOUT_MS = 30_000;
@@ -77,7 +77,7 @@ export async function runWithWorkers(mappings: readonly Mapping[], opts: { worke
         if (msg.t === 'hello') {
           // A worker that comes up while we stop (a replacement) is told to stop at once: a
           // message sent before its hello would have been lost.
-          w.send((stopping ? { t: 'stop', graceMs: 0 } : { t: 'start', mappings: [...tcp] }) satisfies ToWorker);
+          w.send((stopping ? { t: 'stop', graceMs: 0 } : { t: 'start', mappings: [...tcp], drainTimeoutMs: opts.drainTimeoutMs }) satisfies ToWorker);
           return;
         }
         clearTimeout(timer);
@@ -90,7 +90,10 @@ export async function runWithWorkers(mappings: readonly Mapping[], opts: { worke
         reject(new PortferryError('PF_WORKER', `worker ${w.id} (pid ${w.process.pid ?? '?'}) exited (${signal ?? code}) before it was ready`));
         if (started && !stopping) {
           logger.warn({ worker: w.id, workerPid: w.process.pid, code, signal }, 'a worker died; starting a replacement (its connections were lost)');
-          void start().catch((err: unknown) => logger.error({ err: serialize(err) }, 'the replacement worker failed to start'));
+          void start().then(
+            () => logger.info({ workers: workers.size }, 'replacement worker ready'),
+            (err: unknown) => logger.error({ err: serialize(err) }, 'the replacement worker failed to start'),
+          );
         }
       });
     });
@@ -142,6 +145,7 @@ export async function runWithWorkers(mappings: readonly Mapping[], opts: { worke
 export function runWorker(logger: Logger): void {
   let forwarder: Forwarder | null = null;
   let stopping = false;
+  let drainTimeoutMs = 0; // until the start message says otherwise (a SIGTERM before it: nothing to drain)
   const send = (msg: ToPrimary): void => {
     process.send?.(msg);
   };
@@ -153,7 +157,7 @@ export function runWorker(logger: Logger): void {
   // Ctrl-C reaches the whole process group: the main process decides, and tells us.
   process.on('SIGINT', () => {});
   // A SIGTERM sent to the whole group (a service manager) or to us alone: drain like a stop.
-  process.on('SIGTERM', () => stop(10_000));
+  process.on('SIGTERM', () => stop(drainTimeoutMs));
   process.on('disconnect', () => {
     // The main process is gone: nobody supervises us any more.
     forwarder?.manager.destroy();
@@ -161,6 +165,7 @@ export function runWorker(logger: Logger): void {
   });
   process.on('message', (msg: ToWorker) => {
     if (msg.t === 'start') {
+      drainTimeoutMs = msg.drainTimeoutMs;
       bindForwarder(msg.mappings, logger).then(
         (f) => {
           forwarder = f;

@@ -3,7 +3,7 @@
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import dgram from 'node:dgram';
-import { echoRoundTrip, echoServer, freePort, runCli, startServer, transferAcrossSigterm, until } from '../helpers/net.js';
+import { connect, echoRoundTrip, echoServer, freePort, readAll, runCli, startServer, transferAcrossSigterm, until } from '../helpers/net.js';
 
 function alive(pid: number): boolean {
   try {
@@ -97,7 +97,7 @@ t.test('a worker killed: a replacement starts and new connections keep working',
   const p = runCli(t.teardown, ['run', '--workers', '2', '-p', `127.0.0.1:${port}:127.0.0.1:${echo.port}`]);
   const pids = (await p.ready)['workerPids'] as number[];
   process.kill(pids[0] as number, 'SIGKILL');
-  await until(() => p.stderr().includes('a worker died; starting a replacement'), 5000, 'the replacement');
+  await until(() => p.stderr().includes('replacement worker ready'), 10_000, 'the replacement');
   for (let i = 0; i < 20; i++) {
     const r = await echoRoundTrip(port, Buffer.from(`after ${i}`));
     t.equal(r.received.toString(), `after ${i}`);
@@ -122,4 +122,26 @@ t.test('stop while a replacement worker is still starting: it is stopped too, no
   t.notMatch(p.stderr(), /did not exit after the drain timeout/, 'the replacement was told to stop when it came up');
   const left = spawnSync('pgrep', ['-f', `127.0.0.1:${port}:127.0.0.1:${echo.port}`], { encoding: 'utf8' }).stdout.trim();
   t.equal(left, '', 'no worker left');
+});
+
+t.test("a worker sent SIGTERM on its own drains for the configured --drain-timeout, then is replaced", async (t) => {
+  const echo = await echoServer(t.teardown);
+  const port = await freePort();
+  const p = runCli(t.teardown, ['run', '--workers', '2', '--drain-timeout', '300ms', '-p', `127.0.0.1:${port}:127.0.0.1:${echo.port}`]);
+  const pids = (await p.ready)['workerPids'] as number[];
+  const held = await connect(port);
+  const ended = readAll(held);
+  held.write('hold');
+  await until(() => held.bytesRead === 4, 5000, 'the echo');
+  for (const pid of pids) process.kill(pid, 'SIGTERM');
+  // The client never closes: the worker's drain timeout ends it. The bound here is far below the
+  // 10 s a worker used to wait whatever --drain-timeout said.
+  const r = await Promise.race([ended, new Promise<null>((resolve) => setTimeout(() => resolve(null), 5000))]);
+  t.ok(r !== null, 'the held connection was closed after the 300 ms drain, not 10 s');
+  // With every worker gone at once, cluster closes the shared listening socket until a
+  // replacement binds it again: wait for both to be ready.
+  await until(() => (p.stderr().match(/replacement worker ready/g) ?? []).length === 2, 10_000, 'two replacements');
+  t.equal((await echoRoundTrip(port, Buffer.from('replaced'))).received.toString(), 'replaced', 'the replacements serve');
+  p.child.kill('SIGTERM');
+  t.equal(await p.exited, 0);
 });
