@@ -38,6 +38,8 @@ const DEFAULT_START_TIMEOUT_MS = 10_000;
 const UDP_OPEN_TIMEOUT_MS = 10_000;
 const STOP_GRACE_MS = 2_000;
 const STDERR_TAIL = 2_048;
+/** After a failed IPC write, how long to wait for the helper's exit to report the real cause. */
+const SEND_FAILURE_GRACE_MS = 1_000;
 
 /** dist/netns/helper-main.js, also when this module runs from src/ under ts-node (tests). */
 export function helperMainPath(): string {
@@ -152,7 +154,12 @@ class Helper {
     if (req !== null) this.pending.set(id, req);
     this.child.send(msg, (err) => {
       if (err === null || err === undefined || req === null) return;
-      if (this.pending.delete(id)) req.onHelperDeath(this.error(`could not be reached (${err.message})`, err));
+      // A broken channel (EPIPE) means the helper is going away, and its exit says why: died()
+      // fails every pending request with that reason. Only if it does not go soon does this
+      // request fail with the write error itself.
+      setTimeout(() => {
+        if (this.pending.delete(id)) req.onHelperDeath(this.error(`could not be reached (${err.message})`, err));
+      }, SEND_FAILURE_GRACE_MS).unref();
     });
   }
 
