@@ -12,7 +12,7 @@ import { DirectDialer, type Dialer } from '../../src/proxy/dialer.js';
 import { silentLogger } from '../../src/log.js';
 import { skipUnless } from '../helpers/env.js';
 import { testMapping } from '../helpers/mapping.js';
-import { cleanEnv, connect, echoRoundTrip, randomPayload, readAll, repoRoot, sha256, startManager, until } from '../helpers/net.js';
+import { connect, nodeArgv, echoRoundTrip, randomPayload, readAll, repoRoot, sha256, startManager, until } from '../helpers/net.js';
 
 const MiB = 1024 * 1024;
 const backendsScript = path.join(repoRoot, 'test/fixtures/conformance/backends.mjs');
@@ -21,16 +21,18 @@ interface Ports {
   echo: number;
   reply: number;
   reset: number;
+  first: number;
   late: number;
 }
 
-async function backendsReady(child: ChildProcess): Promise<Ports> {
+/** Resolves with the ports once the backends are up; `output()` is everything they printed. */
+async function backendsReady(child: ChildProcess): Promise<{ ports: Ports; output: () => string }> {
   let out = '';
   return new Promise((resolve, reject) => {
     child.stdout?.setEncoding('utf8').on('data', (d: string) => {
       out += d;
       const m = /ready (\{.*\})/.exec(out);
-      if (m?.[1] !== undefined) resolve(JSON.parse(m[1]) as Ports);
+      if (m?.[1] !== undefined) resolve({ ports: JSON.parse(m[1]) as Ports, output: () => out });
     });
     child.once('exit', (code) => reject(new Error(`backends exited (${code}) before ready: ${out}`)));
   });
@@ -40,6 +42,7 @@ interface World {
   dialer: Dialer;
   backends: ChildProcess;
   ports: Ports;
+  output: () => string;
 }
 
 /** The part of a tap test the setups use. */
@@ -55,11 +58,11 @@ const worlds: [string, Record<string, string>, Setup][] = [
     'direct',
     {},
     async (t) => {
-      const backends = spawn(process.execPath, [backendsScript, '127.0.0.1'], { env: cleanEnv(), stdio: ['pipe', 'pipe', 'inherit'] });
+      const backends = spawn(...nodeArgv(backendsScript, '127.0.0.1'), { stdio: ['pipe', 'pipe', 'inherit'] });
       t.teardown(() => {
         backends.kill('SIGKILL');
       });
-      return { dialer: new DirectDialer(), backends, ports: await backendsReady(backends) };
+      return { dialer: new DirectDialer(), backends, ...(await backendsReady(backends)) };
     },
   ],
   [
@@ -68,14 +71,14 @@ const worlds: [string, Record<string, string>, Setup][] = [
     async (t) => {
       const topo = await createTopology({ mode: 'root' });
       t.teardown(() => topo.destroy());
-      const backends = topo.spawn('ctr', process.execPath, [backendsScript, '127.0.0.1'], { env: cleanEnv(), stdio: ['pipe', 'pipe', 'inherit'] });
-      const ports = await backendsReady(backends);
+      const backends = topo.spawn('ctr', ...nodeArgv(backendsScript, '127.0.0.1'), { stdio: ['pipe', 'pipe', 'inherit'] });
+      const { ports, output } = await backendsReady(backends);
       // The backends listen on the container's own loopback: the host cannot reach them directly.
       const direct = await connect(ports.echo).then((s) => (s.destroy(), 'reachable'), (e: NodeJS.ErrnoException) => e.code);
       t.ok(direct !== 'reachable', 'the container port is not reachable from the host namespace');
       const dialer = new NetnsDialer({ netnsPath: topo.paths.ctr as string, logger: silentLogger() });
       t.teardown(() => dialer.close());
-      return { dialer, backends, ports };
+      return { dialer, backends, ports, output };
     },
   ],
 ];
@@ -111,20 +114,19 @@ for (const [name, opts, setup] of worlds) {
       t.equal(got.data.length, 16 * MiB);
     });
 
-    t.test('half-close the other way: the server ends first, the client still sends', async (t) => {
-      // The echo backend ends only after the client ends; here the client ends last, after
-      // receiving everything it sent: both half-closes travel through the relay.
-      const port = await forward(t, world.ports.echo);
+    t.test('half-close the other way: the server ends first, the client still sends 2 MiB', async (t) => {
+      const port = await forward(t, world.ports.first);
       const s = await connect(port);
-      const r = readAll(s);
+      const got = readAll(s);
+      await new Promise<void>((r) => s.once('end', () => r())); // the server's EOF arrives first
       const payload = randomPayload(2 * MiB);
-      s.write(payload);
-      await until(() => s.bytesRead === payload.length, 10_000, 'the echo');
-      s.end();
-      const got = await r;
+      s.end(payload); // then the client sends everything and ends
+      const greeting = await got;
       s.destroy();
-      t.equal(got.ended, 'eof');
-      t.equal(sha256(got.data), sha256(payload));
+      t.equal(greeting.data.toString(), 'server speaks first, then stops talking\n', 'greeting, then a clean EOF');
+      const line = `first-received ${payload.length} ${sha256(payload)}`;
+      await until(() => world.output().includes(line), 10_000, 'the server to report what it received after its half-close');
+      t.pass('the server received every byte, intact, after it had ended its side');
     });
 
     t.test('a reset by the server reaches the client as a reset', async (t) => {

@@ -110,7 +110,8 @@ export interface CliProcess {
 
 /** Runs `node bin/portferry ...args` (the built dist). Killed by PID in teardown if still running. */
 export function runCli(teardown: Teardown, args: readonly string[], env: NodeJS.ProcessEnv = {}): CliProcess {
-  const child = spawn(process.execPath, [cliPath, ...args], { env: { ...cleanEnv(), ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const [cmd, argv] = nodeArgv(cliPath, ...args);
+  const child = spawn(cmd, argv, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stdout?.setEncoding('utf8').on('data', (c: string) => (out += c));
@@ -170,13 +171,12 @@ export async function transferAcrossSigterm(
   return { ended: r.ended, bytes: r.data.length, total, sentHash: sent.digest('hex'), receivedHash: sha256(r.data) };
 }
 
-/** This process's environment without the test runner's loader hooks, for child processes running dist/. */
-export function cleanEnv(): NodeJS.ProcessEnv {
-  const env = { ...process.env };
-  delete env['NODE_OPTIONS'];
-  for (const k of Object.keys(env)) if (k.startsWith('TAP') || k.startsWith('_TAPJS')) delete env[k];
-  return env;
-}
+/**
+ * argv to run a node script without tap's NODE_OPTIONS. tap's process-info hook adds itself to
+ * every child's environment whatever env the caller passes; `env -u` drops it after that, so the
+ * child runs as a user would run it (and a child running as nobody cannot fail writing to .tap/).
+ */
+export const nodeArgv = (script: string, ...args: string[]): [string, string[]] => ['env', ['-u', 'NODE_OPTIONS', process.execPath, script, ...args]];
 
 /**
  * A TCP port that was free a moment ago. Picked at random below the kernel's ephemeral range

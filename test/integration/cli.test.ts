@@ -4,7 +4,7 @@ import net from 'node:net';
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { skipUnless } from '../helpers/env.js';
-import { cleanEnv, cliPath, connect, echoRoundTrip, echoServer, freePort, readAll, runCli, startServer, transferAcrossSigterm, until } from '../helpers/net.js';
+import { cliPath, nodeArgv, connect, echoRoundTrip, echoServer, freePort, readAll, runCli, startServer, transferAcrossSigterm, until } from '../helpers/net.js';
 
 t.test('validate prints normalised mappings, exit 0; bad input exits 1 naming every problem', async (t) => {
   const ok = runCli(t.teardown, ['validate', '-p', '127.0.0.1:8080:10.88.0.2:80', '-p', '[::1]:5353:[fd00::2]:53/udp']);
@@ -113,7 +113,7 @@ t.test('SIGTERM: connections still open after the drain timeout are closed, exit
 t.test('descriptor exhaustion: new connections fail, and the same listener serves again once descriptors free up', async (t) => {
   const echo = await echoServer(t.teardown);
   const port = await freePort();
-  const child = spawn('sh', ['-c', `ulimit -n 64 && exec "${process.execPath}" "${cliPath}" run -p 127.0.0.1:${port}:127.0.0.1:${echo.port}`], { stdio: ['ignore', 'ignore', 'pipe'], env: cleanEnv() });
+  const child = spawn('sh', ['-c', `ulimit -n 64 && exec env -u NODE_OPTIONS "${process.execPath}" "${cliPath}" run -p 127.0.0.1:${port}:127.0.0.1:${echo.port}`], { stdio: ['ignore', 'ignore', 'pipe'] });
   t.teardown(() => {
     if (child.exitCode === null) child.kill('SIGKILL');
   });
@@ -167,7 +167,8 @@ t.test('a privileged port as an unprivileged user: PF_BIND_EACCES names net.ipv4
     t.pass('no privileged ports on this host');
     return;
   }
-  const child = spawn('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'env', '-u', 'NODE_OPTIONS', process.execPath, cliPath, 'run', '-p', '127.0.0.1:80:127.0.0.1:9'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const [cmd, argv] = nodeArgv(cliPath, 'run', '-p', '127.0.0.1:80:127.0.0.1:9');
+  const child = spawn('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', cmd, ...argv], { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   child.stderr?.setEncoding('utf8').on('data', (d: string) => (err += d));
   const code = await new Promise<number | null>((r) => child.once('exit', r));

@@ -9,8 +9,8 @@ import { NetnsDialer } from '../../src/netns/helper.js';
 import { silentLogger } from '../../src/log.js';
 import { skipUnless } from '../helpers/env.js';
 import { testMapping } from '../helpers/mapping.js';
-import { cliPath, connect, echoRoundTrip, freePort, readAll, startManager, until } from '../helpers/net.js';
-import { nsServer, nodeArgv, netnsList } from '../netns/util.js';
+import { cliPath, connect, echoRoundTrip, freePort, nodeArgv, readAll, startManager, until } from '../helpers/net.js';
+import { nsServer, netnsList } from '../netns/util.js';
 
 const NOBODY = ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups'];
 const needs = skipUnless({ root: true, tools: ['ip', 'nsenter', 'unshare', 'setpriv'] });
@@ -114,7 +114,6 @@ t.test('killing the namespace helper: the forwarder keeps running, new connectio
 });
 
 t.test('demo --once: backend in a named netns as root', needs, async (t) => {
-  const before = netnsList();
   const [cmd, argv] = nodeArgv(cliPath, 'demo', '--once', '--port', '0');
   const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
@@ -125,7 +124,6 @@ t.test('demo --once: backend in a named netns as root', needs, async (t) => {
   t.match(out, /ok: GET .* answered 200/);
   const mine = /pf-ctr-[0-9a-f]+/.exec(out)?.[0] ?? 'none';
   t.notOk(netnsList().includes(mine), `its namespace ${mine} is gone`);
-  t.ok(before, 'listed');
 });
 
 t.test('demo --once: backend in a rootless user+net namespace as an unprivileged user', needs, async (t) => {

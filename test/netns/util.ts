@@ -7,6 +7,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { NsName, Topology } from '../../src/netns/topology.js';
+import { nodeArgv } from '../helpers/net.js';
 
 type Teardown = (fn: () => unknown) => void;
 
@@ -83,7 +84,7 @@ export async function nsServer(
  * patched spawn adds to every child's environment, whatever env we pass) writes into .tap/, which a
  * process running as nobody may not. `env -u` drops it after spawn has added it.
  */
-export const nodeArgv = (script: string, ...args: string[]): [string, string[]] => ['env', ['-u', 'NODE_OPTIONS', process.execPath, script, ...args]];
+export { nodeArgv };
 
 /** Namespace names `ip netns list` shows right now. */
 export function netnsList(): string[] {
