@@ -103,7 +103,6 @@ export class Relay {
    * switches to reading into a small ring of buffers of its own (see ownBufferReads).
    */
   private pump(src: net.Socket, dst: net.Socket, up: boolean): void {
-    let moved = 0;
     let switched = false;
     const onData = (chunk: Buffer): void => {
       this.count(up, chunk.length);
@@ -111,8 +110,7 @@ export class Relay {
         src.pause();
         return;
       }
-      moved += chunk.length;
-      if (moved >= FAST_AFTER_BYTES && !switched) {
+      if (!switched && (up ? this.bytesUp : this.bytesDown) >= FAST_AFTER_BYTES) {
         switched = true;
         src.pause(); // no read is delivered before the tick below: no 'data' is lost in between
         process.nextTick(switchToOwnBuffers);

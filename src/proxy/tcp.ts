@@ -5,6 +5,7 @@
 // close() stops accepting and lets relays finish for a grace period, destroy() aborts them all.
 import net from 'node:net';
 import type { Binding, Endpoint, Listener, TcpStats } from '../api.js';
+import { formatEndpoint } from '../addr.js';
 import { errnoCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import { bindError } from './bind-error.js';
@@ -32,6 +33,8 @@ export class TcpListener implements Listener {
   private nextId = 1;
   private counts = { accepted: 0, refused: 0, dialFailures: 0, acceptErrors: 0, bytesToContainer: 0, bytesToClient: 0 };
   private lastWarn = new Map<string, number>();
+  /** Set by close(): re-checks whether the drain is complete; called whenever a connection ends. */
+  private drainCheck: () => void = noop;
 
   constructor(
     readonly binding: Binding,
@@ -118,8 +121,6 @@ export class TcpListener implements Listener {
     this.destroyConnections();
   }
 
-  private drainCheck: () => void = noop;
-
   private destroyConnections(): void {
     for (const [socket, ac] of this.dialling) {
       ac.abort();
@@ -190,11 +191,11 @@ export class TcpListener implements Listener {
         client.off('close', onClientGone);
         if (!ac.signal.aborted) {
           this.counts.dialFailures++;
-          const code = typeof err === 'object' && err !== null && 'code' in err ? String((err as { code: unknown }).code) : 'unknown';
+          const code = errnoCode(err) ?? 'unknown';
           if (this.deps.logger.isLevelEnabled('debug')) {
             this.deps.logger.debug({ conn: id, client: `${client.remoteAddress}:${client.remotePort}`, err: code, cause: errnoCode((err as Error).cause) }, 'dial to container failed');
           }
-          this.warnLimited('dial', { err: code, dialFailures: this.counts.dialFailures, target: `${this.binding.container.ip}:${this.binding.container.port}` }, 'connecting to the container failed; clients are disconnected, the listener keeps serving');
+          this.warnLimited('dial', { err: code, dialFailures: this.counts.dialFailures, target: formatEndpoint(this.binding.container) }, 'connecting to the container failed; clients are disconnected, the listener keeps serving');
         }
         // The client learns of the failure as a reset, not as an empty successful exchange.
         if (!client.destroyed) client.resetAndDestroy();
