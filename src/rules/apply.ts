@@ -12,7 +12,6 @@ import type { Family } from '../api.js';
 import { PortferryError } from '../errors.js';
 import { dnatChainName, udpHostPorts, type PortmapInput } from './model.js';
 import {
-  FRESH_TABLE,
   TOP_DNAT_CHAIN,
   buildIptablesRuleset,
   formatRule,
