@@ -52,3 +52,38 @@ export async function loadMappings(input: LoadInput): Promise<readonly Mapping[]
     problems,
   );
 }
+
+/**
+ * Mapping objects in the YAML schema (the items of a file's `mappings:` list), as the runtime API
+ * and the state file carry them → validated, frozen Mapping[]. The same checks as a file (unknown
+ * keys, every value, conflicts among them); throws PF_CONFIG_INVALID with every problem.
+ * `place` names where they came from in messages (`POST /v1/mappings`, a state file path).
+ */
+export function mappingsFromObjects(list: unknown, place: string): readonly Mapping[] {
+  const parsed = parseConfigText(JSON.stringify({ mappings: list ?? null }), place);
+  return validateMappings(parsed.raws, {}, parsed.problems);
+}
+
+/** The inverse of mappingsFromObjects: a Mapping in the YAML schema, every option spelt out. */
+export function mappingToObject(m: Mapping): Record<string, unknown> {
+  const range = (a: number, b: number): number | string => (a === b ? a : `${a}-${b}`);
+  const tlvs = [...(m.proxyTlvs.uniqueId ? ['uniqueId'] : []), ...(m.proxyTlvs.crc32c ? ['crc32c'] : [])];
+  const ms = (v: number): string | number => (v === 0 ? 0 : v % 3_600_000 === 0 ? `${v / 3_600_000}h` : v % 60_000 === 0 ? `${v / 60_000}m` : v % 1000 === 0 ? `${v / 1000}s` : `${v}ms`);
+  return {
+    name: m.name,
+    protocol: m.protocol,
+    ...(m.hostIP !== null ? { hostIP: m.hostIP } : {}),
+    hostPort: range(m.hostPort, m.hostPortEnd),
+    containerIP: m.containerIP,
+    containerPort: range(m.containerPort, m.containerPortEnd),
+    ...(m.netns !== null ? { netns: m.netns } : {}),
+    ...(m.proxyProtocol !== null ? { proxyProtocol: m.proxyProtocol } : {}),
+    ...(tlvs.length > 0 ? { proxyProtocolTLVs: tlvs } : {}),
+    connectTimeout: ms(m.connectTimeoutMs),
+    idleTimeout: ms(m.idleTimeoutMs),
+    halfCloseTimeout: ms(m.halfCloseTimeoutMs),
+    maxConnections: m.maxConnections,
+    udpIdleTimeout: ms(m.udpIdleTimeoutMs),
+    udpMaxFlows: m.udpMaxFlows,
+  };
+}
