@@ -129,6 +129,32 @@ export const CATALOGUE = {
     meaning: 'Some of the expected kernel rules are missing.',
     fix: 'Run `portferry rules … --apply` with the same arguments to install them again.',
   },
+  PF_RULES_BUSY: {
+    meaning: 'Another portferry process kept the rules lock of this network namespace for too long.',
+    fix: 'Retry; if it persists, look for a hung `portferry rules` or CNI plugin process (`ss -xlp | grep portferry-rules-lock`) and end it.',
+  },
+
+  // -- the CNI plugin (src/cni; docs/cni.md) --
+  PF_CNI_ENV: {
+    meaning: 'A CNI_ environment variable the command needs is missing or invalid.',
+    fix: 'Run the plugin as a CNI runtime does: CNI_COMMAND, and for ADD/CHECK/DEL CNI_CONTAINERID, CNI_IFNAME (and CNI_NETNS for ADD/CHECK); the message names each bad one.',
+  },
+  PF_CNI_DECODE: {
+    meaning: 'The network configuration on stdin is not a JSON object.',
+    fix: 'Give the plugin configuration as one JSON object on stdin (the runtime does this from the conflist).',
+  },
+  PF_CNI_CONFIG: {
+    meaning: 'The plugin configuration is not valid: a missing name, an unknown backend, a key of the wrong type, or no prevResult.',
+    fix: 'Fix the keys named in the message; docs/cni.md lists every key of the portferry plugin.',
+  },
+  PF_CNI_VERSION: {
+    meaning: 'The configuration asks for a CNI version the plugin does not speak, or a command that version lacks.',
+    fix: 'Use cniVersion 0.4.0, 1.0.0 or 1.1.0 (STATUS and GC need 1.1.0).',
+  },
+  PF_CNI_CHECK: {
+    meaning: 'CHECK found the container\'s mappings missing or not served by the daemon.',
+    fix: 'Recreate the container (the runtime calls DEL then ADD), or look at the daemon\'s log; `portferry ports ls` shows what it serves.',
+  },
 
   // -- the running forwarder and its runtime API (src/forwarder, src/control) --
   PF_SHUTTING_DOWN: {

@@ -2,21 +2,17 @@
 // Prints the iptables-restore / nft script, or applies, checks or deletes it.
 // Exit codes: 0 done (check: every rule present), 1 failure (check: rules missing, listed), 2 usage.
 import { InvalidArgumentError, type Command } from 'commander';
-import type { Mapping } from '../api.js';
-import { loadMappings } from '../config/index.js';
 import { PortferryError } from '../errors.js';
-import { applyRules, checkRules, deleteRules, type Backend } from '../rules/apply.js';
-import { fromMappings, parseContainerCidr, type ContainerNet, type PortmapInput } from '../rules/model.js';
+import { applyRules, backendProblems, checkRules, deleteRules, parseBackend, type Backend } from '../rules/apply.js';
+import { checkContainerRef, fromMappings, parseContainerCidr, type PortmapInput } from '../rules/model.js';
 import { buildIptables, renderIptablesRestore } from '../rules/portmap-iptables.js';
 import { buildNft, renderNft } from '../rules/portmap-nft.js';
-import { EXIT_FAILURE, EXIT_OK, collect, reportError } from './common.js';
+import { EXIT_FAILURE, EXIT_OK, collect, loadFromFlags, mappingOptions, reportError, type MappingFlags } from './common.js';
 
-interface RulesFlags {
-  readonly publish: string[];
-  readonly config?: string;
-  readonly backend: Backend;
-  readonly network: string;
-  readonly containerId: string;
+interface RulesFlags extends MappingFlags {
+  readonly backend?: Backend;
+  readonly network?: string;
+  readonly containerId?: string;
   readonly containerCidr: string[];
   readonly snat: boolean;
   readonly markMasqBit?: number;
@@ -27,8 +23,9 @@ interface RulesFlags {
 }
 
 function backendArg(value: string): Backend {
-  if (value !== 'iptables' && value !== 'nftables') throw new InvalidArgumentError('use iptables or nftables');
-  return value;
+  const b = parseBackend(value);
+  if (b === null) throw new InvalidArgumentError('use iptables or nftables (or nft)');
+  return b;
 }
 
 function bitArg(value: string): number {
@@ -45,86 +42,103 @@ export function renderScript(input: PortmapInput, backend: Backend): string {
     .join('');
 }
 
-async function loadInput(flags: RulesFlags, cidrs: readonly ContainerNet[]): Promise<readonly Mapping[]> {
-  return loadMappings({
-    specs: flags.publish,
-    ...(flags.config !== undefined ? { file: flags.config } : {}),
-    // A CNI portMappings file carries no container address: the CIDR gives it.
-    ...(cidrs[0] !== undefined ? { containerIP: cidrs[0].ip } : {}),
-  });
+/** Every usage problem at once: missing required options and conflicting actions. */
+function usageProblems(flags: RulesFlags): { action: 'print' | 'apply' | 'check' | 'delete'; backend: Backend; who: { network: string; containerID: string } } {
+  const problems: string[] = [];
+  const required = [
+    ['--backend <iptables|nftables>', flags.backend],
+    ['--network <name>', flags.network],
+    ['--container-id <id>', flags.containerId],
+  ] as const;
+  const absent = required.filter(([, v]) => v === undefined).map(([k]) => k);
+  if (absent.length > 0) problems.push(`missing required option${absent.length > 1 ? 's' : ''}: ${absent.join(', ')}`);
+  const actions = (['apply', 'check', 'delete'] as const).filter((a) => flags[a] === true);
+  if (actions.length > 1) problems.push(`--${actions.join(', --')} cannot be combined: give at most one (none prints the script)`);
+  if (problems.length > 0 || flags.backend === undefined || flags.network === undefined || flags.containerId === undefined) {
+    throw new PortferryError('PF_USAGE', problems.join('; '), {
+      hint: 'Example: `portferry rules -p 8080:10.88.0.2:80 --backend iptables --network podman --container-id c0ffee --container-cidr 10.88.0.2/16 --apply`.',
+    });
+  }
+  return { action: actions[0] ?? 'print', backend: flags.backend, who: { network: flags.network, containerID: flags.containerId } };
 }
 
 async function runRules(flags: RulesFlags): Promise<number> {
-  const actions = (['apply', 'check', 'delete'] as const).filter((a) => flags[a] === true);
-  if (actions.length > 1) {
-    throw new PortferryError('PF_USAGE', `--${actions.join(', --')} cannot be combined`, { hint: 'Give at most one of --apply, --check, --delete (none prints the script).' });
-  }
-  const action = actions[0] ?? 'print';
-  const who = { network: flags.network, containerID: flags.containerId };
+  const { action, backend, who } = usageProblems(flags);
+  checkContainerRef(who.network, who.containerID);
   if (action === 'delete' && flags.publish.length === 0 && flags.config === undefined) {
     // Deleting needs only the network name and container ID, like CNI DEL.
-    fromMappings({ ...who, mappings: [] });
-    const res = await deleteRules(who, flags.backend);
-    process.stdout.write(`deleted: ${res.scripts.length === 0 ? 'nothing was there' : `rules of container ${flags.containerId}`}\n`);
+    const res = await deleteRules(who, backend);
+    process.stdout.write(`deleted: ${res.scripts.length === 0 ? 'nothing was there' : `rules of container ${who.containerID}`}\n`);
     return EXIT_OK;
   }
   const cidrs = flags.containerCidr.map((c) => parseContainerCidr(c, `--container-cidr ${c}`));
-  const mappings = await loadInput(flags, cidrs);
+  // A CNI portMappings file carries no container address: the first CIDR gives it.
+  const containerIp = flags.containerIp ?? cidrs[0]?.ip;
+  const mappings = await loadFromFlags({ ...flags, ...(containerIp !== undefined ? { containerIp } : {}) });
   const input = fromMappings({
     ...who,
     mappings,
     containerCidrs: cidrs,
     options: { snat: flags.snat, ...(flags.markMasqBit !== undefined ? { markMasqBit: flags.markMasqBit } : {}), masqAll: flags.masqAll === true },
   });
+  const problems = backendProblems(input, backend);
+  if (problems.length > 0) throw new PortferryError('PF_CONFIG_INVALID', `the ${backend} backend cannot take these rules (${problems.length} problem${problems.length > 1 ? 's' : ''}); nothing was changed`, { problems });
   for (const w of input.warnings) process.stderr.write(`portferry: warning: ${w}\n`);
+  if (flags.proxyProtocol !== undefined || flags.netns !== undefined) {
+    process.stderr.write('portferry: warning: --proxy-protocol and --netns apply to the userspace forwarder; kernel rules ignore them\n');
+  }
 
   switch (action) {
     case 'print':
-      process.stdout.write(renderScript(input, flags.backend));
+      process.stdout.write(renderScript(input, backend));
       return EXIT_OK;
     case 'apply': {
-      const res = await applyRules(input, flags.backend);
+      const res = await applyRules(input, backend);
       for (const w of res.warnings.slice(input.warnings.length)) process.stderr.write(`portferry: warning: ${w}\n`);
-      process.stdout.write(`applied: ${flags.backend} rules of container ${flags.containerId} (${input.targets.map((x) => `${x.net.ip}/${x.net.prefix}`).join(', ')})\n`);
+      process.stdout.write(`applied: ${backend} rules of container ${who.containerID} (${input.targets.map((x) => `${x.net.ip}/${x.net.prefix}`).join(', ')})\n`);
       return EXIT_OK;
     }
     case 'check': {
-      const res = await checkRules(input, flags.backend);
+      const res = await checkRules(input, backend);
       if (res.ok) {
-        process.stdout.write(`ok: every ${flags.backend} rule of container ${flags.containerId} is present\n`);
+        process.stdout.write(`ok: every ${backend} rule of container ${who.containerID} is present\n`);
         return EXIT_OK;
       }
       for (const m of res.missing) process.stdout.write(`missing: ${m}\n`);
-      const err = new PortferryError('PF_RULES_CHECK', `${res.missing.length} ${flags.backend} rule(s) of container ${flags.containerId} are missing (listed on stdout)`, {
+      const err = new PortferryError('PF_RULES_CHECK', `${res.missing.length} ${backend} rule(s) of container ${who.containerID} are missing (listed on stdout)`, {
         details: { missing: res.missing },
       });
       process.stderr.write(`portferry: ${err.format()}\n`);
       return EXIT_FAILURE;
     }
     case 'delete': {
-      const res = await deleteRules(who, flags.backend);
-      process.stdout.write(`deleted: ${res.scripts.length === 0 ? 'nothing was there' : `rules of container ${flags.containerId}`}\n`);
+      const res = await deleteRules(who, backend);
+      process.stdout.write(`deleted: ${res.scripts.length === 0 ? 'nothing was there' : `rules of container ${who.containerID}`}\n`);
       return EXIT_OK;
     }
   }
 }
 
 export function registerRulesCommand(program: Command): void {
-  program
+  const cmd = program
     .command('rules')
     .description('render the mappings as the kernel DNAT rules of the CNI portmap plugin; print, --apply, --check or --delete them')
-    .option('-p, --publish <spec>', 'a port: [hostIP:]hostPort[-end]:containerIP:containerPort[-end][/tcp|/udp] (repeatable)', collect, [])
-    .option('-c, --config <file>', 'YAML config file, or CNI JSON with runtimeConfig.portMappings')
-    .requiredOption('--backend <name>', 'iptables or nftables', backendArg)
-    .requiredOption('--network <name>', 'CNI network name (part of the chain name and comments)')
-    .requiredOption('--container-id <id>', 'container ID (CNI_CONTAINERID)')
+    .addHelpText(
+      'after',
+      '\nExample:\n  portferry rules -p 8080:10.88.0.2:80 -p 5353:10.88.0.2:53/udp --backend nft --network podman \\\n' +
+        '    --container-id c0ffee --container-cidr 10.88.0.2/16 --apply',
+    );
+  mappingOptions(cmd)
+    .option('--backend <name>', '(required) iptables or nftables (alias: nft)', backendArg)
+    .option('--network <name>', '(required) CNI network name (part of the chain name and comments)')
+    .option('--container-id <id>', '(required) container ID (CNI_CONTAINERID)')
     .option('--container-cidr <cidr>', 'container address with prefix, e.g. 10.88.0.2/24 (repeatable, one per family); gives the prefix when the mappings name the container IP', collect, [])
     .option('--no-snat', 'do not mark hairpin and localhost traffic for masquerading')
     .option('--mark-masq-bit <bit>', 'mark bit for masquerading (default 13)', bitArg)
     .option('--masq-all', 'masquerade traffic from every source, not only hairpin and localhost')
     .option('--apply', 'install the rules (idempotent, one transaction)')
     .option('--check', 'exit 0 when every rule is present, 1 listing the missing ones')
-    .option('--delete', 'remove the container\'s rules (shared chains and other containers stay)')
+    .option('--delete', 'remove the container\'s rules (other containers stay)')
     .action(async (flags: RulesFlags) => {
       try {
         process.exitCode = await runRules(flags);

@@ -23,7 +23,7 @@
 import { spawn, execFileSync, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { PortferryError } from '../errors.js';
-import { runCommand } from './run.js';
+import { runCommand } from '../exec.js';
 
 export type NsName = 'host' | 'ctr' | 'client';
 export interface TopologyOptions {

@@ -116,7 +116,8 @@ function checkOptions(input: PortmapOptionsInput): PortmapOptions {
   return Object.freeze({ ...o, conditionsV4: Object.freeze([...o.conditionsV4]), conditionsV6: Object.freeze([...o.conditionsV6]) });
 }
 
-function checkIds(network: string, containerID: string): void {
+/** Network name and container ID as libcni allows them (both end up in rule comments and names). */
+export function checkContainerRef(network: string, containerID: string): void {
   if (!NAME_RE.test(network)) {
     throw new PortferryError('PF_CONFIG_VALUE', `network name "${network}" is not valid: it must start with a letter or digit and hold only letters, digits, _ . -`, {
       hint: 'Give --network the name of the CNI network, e.g. `podman` or `cni0`.',
@@ -155,6 +156,13 @@ function crossFamilyWarnings(targets: readonly PortmapTarget[]): string[] {
           `${e.protocol}/${e.hostIP}:${e.hostPort}: host IP is IPv${hf} but the container has no IPv${hf} address; ` +
             'the kernel cannot DNAT across families, so no rule forwards it (use the userspace forwarder)',
         );
+      } else if (hf === 6 && e.hostIP === '::1') {
+        // The rule is written (as the plugin writes it) but never carries traffic: a packet from
+        // ::1 cannot leave the loopback device, and IPv6 has no route_localnet.
+        out.add(
+          `${e.protocol}/[::1]:${e.hostPort}: the kernel cannot DNAT connections to ::1 (IPv6 has no route_localnet), ` +
+            'so this rule is written but never forwards anything (use the userspace forwarder for ::1)',
+        );
       }
     }
   }
@@ -184,7 +192,7 @@ export function fromCniPortMappings(args: {
   readonly portMappings: readonly CniPortMapping[];
   readonly options?: PortmapOptionsInput;
 }): PortmapInput {
-  checkIds(args.network, args.containerID);
+  checkContainerRef(args.network, args.containerID);
   const options = checkOptions(args.options ?? {});
   const entries = args.portMappings.map((pm, i) => {
     const e: PortMapEntry = Object.freeze({
@@ -219,7 +227,7 @@ export function fromMappings(args: {
   readonly containerCidrs?: readonly ContainerNet[];
   readonly options?: PortmapOptionsInput;
 }): PortmapInput {
-  checkIds(args.network, args.containerID);
+  checkContainerRef(args.network, args.containerID);
   const options = checkOptions(args.options ?? {});
   const byFamily = new Map<Family, { net: ContainerNet; entries: PortMapEntry[] }>();
   for (const m of args.mappings) {

@@ -27,13 +27,29 @@ export interface NftRule {
   readonly rule: string;
 }
 
+/** A rule of the shared skeleton: its chain, its text, and its text without the user's conditions. */
+export interface NftSharedRule {
+  readonly chain: string;
+  readonly rule: string;
+  readonly bare: string;
+}
+
+/** A chain of the skeleton: base chains carry their hook; flushed ones are rewritten on every apply. */
+export interface NftChainDecl {
+  readonly name: string;
+  readonly hook: string | null;
+  readonly flush: boolean;
+}
+
 export interface NftRuleset {
   readonly family: NftFamily;
   readonly table: typeof NFT_TABLE;
   /** The comment on every rule of the container. */
   readonly comment: string;
-  readonly conditions: readonly string[];
-  readonly snat: boolean;
+  /** Chains in declaration order (masquerading only with snat). */
+  readonly chains: readonly NftChainDecl[];
+  /** The rules of the flushed skeleton chains (the same for every container). */
+  readonly shared: readonly NftSharedRule[];
   /** In install order: hostports rules, then masquerading rules. */
   readonly rules: readonly NftRule[];
 }
@@ -62,12 +78,27 @@ export function buildNftRuleset(input: PortmapInput, target: PortmapTarget): Nft
     rules.push({ chain: 'masquerading', rule: `${ipX} saddr ${src} ${ipX} daddr ${cip} masquerade` });
     if (family === 4 && !masqAll) rules.push({ chain: 'masquerading', rule: `ip saddr 127.0.0.1 ip daddr ${cip} masquerade` });
   }
+  const conditions = family === 6 ? input.options.conditionsV6 : input.options.conditionsV4;
+  const entry = 'fib daddr type local jump hostports_all';
+  const guarded = conditions.length > 0 ? `${conditions.join(' ')} ${entry}` : entry;
   return Object.freeze({
     family: ipX,
     table: NFT_TABLE,
     comment: input.containerID,
-    conditions: family === 6 ? input.options.conditionsV6 : input.options.conditionsV4,
-    snat,
+    chains: Object.freeze([
+      { name: 'hostports', hook: null, flush: false },
+      { name: 'hostip_hostports', hook: null, flush: false },
+      { name: 'hostports_all', hook: null, flush: true },
+      { name: 'prerouting', hook: 'type nat hook prerouting priority -100', flush: true },
+      { name: 'output', hook: 'type nat hook output priority -100', flush: true },
+      ...(snat ? [{ name: 'masquerading', hook: 'type nat hook postrouting priority 100', flush: false }] : []),
+    ]),
+    shared: Object.freeze([
+      { chain: 'hostports_all', rule: 'jump hostip_hostports', bare: 'jump hostip_hostports' },
+      { chain: 'hostports_all', rule: 'jump hostports', bare: 'jump hostports' },
+      { chain: 'prerouting', rule: guarded, bare: entry },
+      { chain: 'output', rule: guarded, bare: entry },
+    ]),
     rules: Object.freeze(rules),
   });
 }
@@ -98,23 +129,13 @@ export const FRESH_NFT: NftLiveState = Object.freeze({ deleteHandles: [], upToDa
 /** The `nft -f` lines for one family: the shared skeleton, then the container's rules. */
 export function renderNftLines(rs: NftRuleset, live: NftLiveState = FRESH_NFT): string[] {
   const t = `${rs.family} ${rs.table}`;
-  const cond = rs.conditions.length > 0 ? `${rs.conditions.join(' ')} ` : '';
-  const lines = [
-    `add table ${t} { comment ${nftQuote(NFT_TABLE_COMMENT)} ; }`,
-    `add chain ${t} hostports`,
-    `add chain ${t} hostip_hostports`,
-    `add chain ${t} hostports_all`,
-    `flush chain ${t} hostports_all`,
-    `add rule ${t} hostports_all jump hostip_hostports`,
-    `add rule ${t} hostports_all jump hostports`,
-    `add chain ${t} prerouting { type nat hook prerouting priority -100 ; }`,
-    `flush chain ${t} prerouting`,
-    `add rule ${t} prerouting ${cond}fib daddr type local jump hostports_all`,
-    `add chain ${t} output { type nat hook output priority -100 ; }`,
-    `flush chain ${t} output`,
-    `add rule ${t} output ${cond}fib daddr type local jump hostports_all`,
-  ];
-  if (rs.snat) lines.push(`add chain ${t} masquerading { type nat hook postrouting priority 100 ; }`);
+  const lines = [`add table ${t} { comment ${nftQuote(NFT_TABLE_COMMENT)} ; }`];
+  for (const c of rs.chains) {
+    lines.push(`add chain ${t} ${c.name}${c.hook === null ? '' : ` { ${c.hook} ; }`}`);
+    if (!c.flush) continue;
+    lines.push(`flush chain ${t} ${c.name}`);
+    for (const r of rs.shared) if (r.chain === c.name) lines.push(`add rule ${t} ${c.name} ${r.rule}`);
+  }
   for (const d of live.deleteHandles) lines.push(`delete rule ${t} ${d.chain} handle ${d.handle}`);
   if (!live.upToDate) for (const r of rs.rules) lines.push(`add rule ${t} ${r.chain} ${nftRuleText(rs, r)}`);
   return lines;

@@ -65,3 +65,30 @@ for (const backend of ['iptables', 'nftables']) {
     t.match(again.stdout, /nothing was there/);
   });
 }
+
+t.test('issue 14: every missing required option at once, marked in --help; nft alias; nftables-only limits; ::1 warning', async (t) => {
+  const none = cli(['-p', '8080:10.88.0.2:80']);
+  t.equal(none.code, 2);
+  t.match(none.stderr, /PF_USAGE: missing required options: --backend <iptables\|nftables>, --network <name>, --container-id <id>/, 'all three named in one run');
+  const help = cli(['--help']);
+  t.match(help.stdout, /--backend <name>\s+\(required\)/);
+  t.match(help.stdout, /--network <name>\s+\(required\)/);
+  t.match(help.stdout, /--container-id <id>\s+\(required\)/);
+  t.match(help.stdout, /Example:\n\s+portferry rules -p/);
+
+  const alias = cli([...specs, '--backend', 'nft', ...common]);
+  t.equal(alias.code, 0, alias.stderr);
+  t.match(alias.stdout, /add table ip cni_hostport/, '--backend nft renders nftables');
+
+  const longId = 'a'.repeat(129);
+  const tooLong = cli([...specs, '--backend', 'nftables', '--network', 'podman', '--container-id', longId]);
+  t.equal(tooLong.code, 1);
+  t.match(tooLong.stderr, /PF_CONFIG_INVALID[\s\S]*nftables takes rule comments of at most 128/, 'refused before any nft runs');
+  t.equal(tooLong.stdout, '', 'nothing printed');
+  t.equal(cli([...specs, '--backend', 'iptables', '--network', 'podman', '--container-id', longId]).code, 0, 'iptables takes it (the comment is trimmed, as the plugin does)');
+
+  const v6 = cli(['-p', '[::1]:8443:[fd00::2]:443', '--backend', 'iptables', '--network', 'podman', '--container-id', 'v6lo']);
+  t.equal(v6.code, 0, v6.stderr);
+  t.match(v6.stderr, /warning: tcp\/\[::1\]:8443: the kernel cannot DNAT connections to ::1/);
+  t.match(v6.stdout, /-d ::1 -j DNAT --to-destination \[fd00::2\]:443/, 'the rule is still written, as the plugin writes it');
+});

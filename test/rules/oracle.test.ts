@@ -97,6 +97,14 @@ const cases: Record<string, Case> = {
       { hostPort: 8083, containerPort: 83, protocol: 'tcp', hostIP: '::1' },
     ],
   },
+  // Quirk (issue 14): every mapping has a host IP of the other family, so the container chain stays
+  // empty, yet the entry rule for its port is written and jumps to it. The plugin does exactly this.
+  'only a host IP of the other family: an entry rule into an empty chain': {
+    network: 'mynet',
+    containerID: 'c0ffee0008',
+    ips: ['10.88.0.10/24'],
+    portMappings: [{ hostPort: 8443, containerPort: 443, protocol: 'tcp', hostIP: '::1' }],
+  },
   'IPv6 and IPv4 container addresses (ip6tables)': {
     network: 'dual',
     containerID: 'c0ffee0004',
