@@ -5,6 +5,7 @@
 // - runCommand: resolves on exit code 0, rejects with a CommandError that says why otherwise.
 // A CommandRunner can be prefixed (`ip netns exec NAME`) so the same code runs inside a namespace.
 import { spawn } from 'node:child_process';
+import { accessSync, constants } from 'node:fs';
 
 export interface CommandResult {
   readonly code: number;
@@ -102,4 +103,16 @@ export function prefixedRunner(prefix: readonly string[], base: CommandRunner = 
   const [head, ...rest] = prefix;
   if (head === undefined) return base;
   return { run: (cmd, args, stdin) => base.run(head, [...rest, cmd, ...args], stdin) };
+}
+
+/** Whether `cmd` is an executable file in one of PATH's directories (no process is started). */
+export function commandOnPath(cmd: string, path = process.env['PATH'] ?? '/usr/sbin:/usr/bin:/sbin:/bin'): boolean {
+  return path.split(':').some((dir) => {
+    try {
+      accessSync(`${dir === '' ? '.' : dir}/${cmd}`, constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
 }
