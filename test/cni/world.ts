@@ -46,6 +46,7 @@ export async function runPlugin(plugin: string, call: CallEnv, stdin: string, ns
     ...(call.netns !== undefined ? { CNI_NETNS: call.netns } : {}),
     ...(call.ifname !== undefined ? { CNI_IFNAME: call.ifname } : {}),
   };
+  delete env['NODE_OPTIONS']; // tap's hook: run the plugin as a runtime would
   for (const k of call.without ?? []) delete env[k];
   const argv = plugin.endsWith('.js') ? [process.execPath, plugin] : [plugin];
   const full = ns === undefined ? argv : ['ip', 'netns', 'exec', ns, ...argv];
