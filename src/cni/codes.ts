@@ -1,7 +1,6 @@
 // portferry's error codes as CNI error codes (docs/errors.md, "CNI plugin error codes"; a test
 // keeps that table and this one in sync). The spec's own codes where one fits, ours from 100 up.
 import { PortferryError, type ErrorCode } from '../errors.js';
-import type { CniCommand } from './protocol.js';
 
 /** The spec's codes: 1 incompatible version, 4 bad environment, 6 decode, 7 invalid config, 11 try again later. */
 export const CNI_CODES: Readonly<Partial<Record<ErrorCode, number>>> = {
@@ -43,10 +42,13 @@ export interface CniErrorResult {
   readonly details: string;
 }
 
-/** The error JSON for stdout. Anything not a PortferryError is a bug: code 100 with its text. */
-export function cniError(err: unknown, cniVersion: string, command: CniCommand | null): CniErrorResult {
+/**
+ * The error JSON for stdout. `unavailable`: STATUS's own finding (daemon down, tools missing) is
+ * reported as 50. Anything not a PortferryError is a bug: code 100 with its text.
+ */
+export function cniError(err: unknown, cniVersion: string, unavailable = false): CniErrorResult {
   if (err instanceof PortferryError) {
-    const code = command === 'STATUS' ? CNI_CODE_UNAVAILABLE : (CNI_CODES[err.code] ?? CNI_CODE_OTHER);
+    const code = unavailable ? CNI_CODE_UNAVAILABLE : (CNI_CODES[err.code] ?? CNI_CODE_OTHER);
     const problems = err.problems.map((p) => `${p.code}: ${p.message}`);
     return {
       cniVersion,

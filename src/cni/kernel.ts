@@ -24,7 +24,7 @@ function inputOf(call: CniCall, prevResult: Readonly<Record<string, unknown>>): 
   });
   const problems = backendProblems(input, backendOf(call));
   if (problems.length > 0) {
-    throw new PortferryError('PF_CONFIG_INVALID', `the ${backendOf(call)} backend cannot take this configuration; nothing was changed`, { problems });
+    throw new PortferryError('PF_CONFIG_INVALID', `the ${backendOf(call)} backend cannot take this configuration: ${problems.map((p) => p.message).join('; ')}`, { problems });
   }
   return input;
 }

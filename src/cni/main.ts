@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import type { CniBackendModule, CniCall } from './call.js';
 import { cniError } from './codes.js';
 import { pluginConf } from './config.js';
-import { decodeConf, readEnv, resultFor, sniffVersion, versionResult, type CniCommand } from './protocol.js';
+import { decodeConf, readEnv, resultFor, sniffVersion, versionResult } from './protocol.js';
 import { PortferryError } from '../errors.js';
 
 function readStdin(): string {
@@ -19,12 +19,11 @@ function readStdin(): string {
 
 async function run(): Promise<{ out: unknown; code: number }> {
   let version = '1.1.0';
-  let command: CniCommand | null = null;
   try {
     const stdin = readStdin();
     version = sniffVersion(stdin);
     const env = readEnv(process.env);
-    command = env.command;
+    const command = env.command;
     if (command === 'VERSION') return { out: versionResult(stdin), code: 0 };
     const conf = decodeConf(stdin, command);
     version = conf.cniVersion;
@@ -43,14 +42,18 @@ async function run(): Promise<{ out: unknown; code: number }> {
         await mod.del(call);
         return { out: undefined, code: 0 };
       case 'STATUS':
-        await mod.status(call);
+        try {
+          await mod.status(call);
+        } catch (err) {
+          return { out: cniError(err, version, true), code: 1 };
+        }
         return { out: undefined, code: 0 };
       case 'GC':
         await mod.gc(call);
         return { out: undefined, code: 0 };
     }
   } catch (err) {
-    return { out: cniError(err, version, command), code: 1 };
+    return { out: cniError(err, version), code: 1 };
   }
 }
 
