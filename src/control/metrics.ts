@@ -6,7 +6,7 @@
 // the snapshot's values: the exposed value is the snapshot's, with the counter type.
 import http from 'node:http';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
-import type { ListenerStats, Protocol, TcpStats, UdpStats } from '../api.js';
+import type { ListenerStats, Protocol } from '../api.js';
 import { formatHostPort } from '../addr.js';
 import { canonicalIP } from '../config/validate.js';
 import { PortferryError, errnoCode } from '../errors.js';
@@ -45,20 +45,20 @@ interface MappingMetric<S extends ListenerStats> {
   readonly value: (s: S) => number;
 }
 
-const tcp = (name: string, help: string, type: 'counter' | 'gauge', value: (s: TcpStats) => number): MappingMetric<ListenerStats> => ({
-  name,
-  help,
-  type,
-  protocol: 'tcp',
-  value: (s) => (s.protocol === 'tcp' ? value(s) : 0),
-});
-const udp = (name: string, help: string, type: 'counter' | 'gauge', value: (s: UdpStats) => number): MappingMetric<ListenerStats> => ({
-  name,
-  help,
-  type,
-  protocol: 'udp',
-  value: (s) => (s.protocol === 'udp' ? value(s) : 0),
-});
+type StatsOf<P extends Protocol> = Extract<ListenerStats, { protocol: P }>;
+
+/** A maker of metrics that read one protocol's stats (other rows count 0, and are skipped anyway). */
+const perProtocol =
+  <P extends Protocol>(protocol: P) =>
+  (name: string, help: string, type: 'counter' | 'gauge', value: (s: StatsOf<P>) => number): MappingMetric<ListenerStats> => ({
+    name,
+    help,
+    type,
+    protocol,
+    value: (s) => (s.protocol === protocol ? value(s as StatsOf<P>) : 0),
+  });
+const tcp = perProtocol('tcp');
+const udp = perProtocol('udp');
 
 /** Every per-mapping metric (labels `mapping`, `protocol`), in the order they are exposed. */
 export const MAPPING_METRICS: readonly MappingMetric<ListenerStats>[] = [

@@ -7,12 +7,14 @@ import { inCI } from './env.js';
 const PYTHON = '/usr/bin/python3';
 
 const PARSE = `
-import json, sys
+import json, math, sys
 from prometheus_client.parser import text_string_to_metric_families
+def num(v):  # JSON has no NaN or Inf: spell them as JavaScript's Number() reads them
+    return v if math.isfinite(v) else ('NaN' if math.isnan(v) else ('Infinity' if v > 0 else '-Infinity'))
 out = []
 for f in text_string_to_metric_families(sys.stdin.read()):
     out.append({"name": f.name, "type": f.type, "help": f.documentation,
-                "samples": [{"name": s.name, "labels": s.labels, "value": s.value} for s in f.samples]})
+                "samples": [{"name": s.name, "labels": s.labels, "value": num(s.value)} for s in f.samples]})
 json.dump(out, sys.stdout)
 `;
 
@@ -34,7 +36,8 @@ export function promParserMissing(): string | undefined {
 }
 
 export function parsePrometheusText(text: string): MetricFamily[] {
-  return JSON.parse(execFileSync(PYTHON, ['-c', PARSE], { input: text, encoding: 'utf8' })) as MetricFamily[];
+  const families = JSON.parse(execFileSync(PYTHON, ['-c', PARSE], { input: text, encoding: 'utf8' })) as MetricFamily[];
+  return families.map((f) => ({ ...f, samples: f.samples.map((s) => ({ ...s, value: Number(s.value) })) }));
 }
 
 /** GET the page; returns the status, the content type, the raw text and the parsed families (200 only). */
