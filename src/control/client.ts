@@ -25,6 +25,7 @@ export function apiRequest(socketPath: string, method: string, path: string, bod
     const req = http.request(
       {
         socketPath,
+        agent: false,
         method,
         path,
         headers: { Host: 'portferry', ...(payload !== undefined ? { 'Content-Type': 'application/json', 'Content-Length': payload.length } : {}) },
@@ -43,6 +44,9 @@ export function apiRequest(socketPath: string, method: string, path: string, bod
             // not JSON: keep the text
           }
           resolve({ status: res.statusCode ?? 0, body: parsed });
+          // The answer may come before all of a refused body was written: stop writing now, or the
+          // rest would fail with EPIPE on a socket nobody listens to any more.
+          req.destroy();
         });
       },
     );
