@@ -70,7 +70,7 @@ export function apiRequest(socketPath: string, method: string, path: string, bod
 export function errorFromBody(status: number, body: unknown, what: string): PortferryError {
   const b = (typeof body === 'object' && body !== null ? body : {}) as Record<string, unknown>;
   const code = typeof b['code'] === 'string' && b['code'] in CATALOGUE ? (b['code'] as ErrorCode) : 'PF_API_REQUEST';
-  const message = typeof b['message'] === 'string' ? b['message'] : `${what} failed with HTTP ${status}${typeof body === 'string' && body !== '' ? `: ${body}` : ''}`;
+  const message = typeof b['summary'] === 'string' ? b['summary'] : typeof b['message'] === 'string' ? b['message'] : `${what} failed with HTTP ${status}${typeof body === 'string' && body !== '' ? `: ${body}` : ''}`;
   const problems = Array.isArray(b['problems']) ? b['problems'].map((p: unknown) => errorFromBody(status, p, what)) : [];
   return new PortferryError(code, message, { ...(typeof b['hint'] === 'string' ? { hint: b['hint'] } : {}), problems, details: { status } });
 }
