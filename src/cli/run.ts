@@ -5,7 +5,7 @@
 import { execFile } from 'node:child_process';
 import cluster from 'node:cluster';
 import os from 'node:os';
-import { InvalidArgumentError, type Command } from 'commander';
+import { InvalidArgumentError, Option, type Command } from 'commander';
 import type { Mapping } from '../api.js';
 import { DEFAULTS } from '../config/defaults.js';
 import { defaultApiSocket } from '../control/client.js';
@@ -53,10 +53,10 @@ export function registerRunCommand(program: Command): void {
     .command('run')
     .description('forward the given mappings until SIGTERM/SIGINT; with --api, take more at runtime');
   mappingOptions(cmd)
+    .addOption(new Option('--drain-timeout <duration>', 'on SIGTERM/SIGINT, let open connections finish for this long').argParser(durationArg).default(DEFAULTS.drainTimeoutMs, '10s'))
     .option('--api [path]', `serve the runtime API on this unix socket (rootlesskit-compatible /v1/ports and native /v1/mappings; default ${defaultApiSocket()})`)
     .option('--metrics <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464)', metricsArg)
     .option('--state <file>', 'keep the mappings added at runtime in this file (atomic writes) and restore them, same ids, on the next start')
-    .option('--drain-timeout <duration>', 'on SIGTERM/SIGINT, let open connections finish for this long (default: 10s)', durationArg, DEFAULTS.drainTimeoutMs)
     .option('--log-level <level>', 'trace|debug|info|warn|error|fatal|silent', logLevelArg, 'info')
     .option('--log-format <format>', 'json (default) or pretty', logFormatArg, 'json')
     .option('--workers <n>', 'TCP worker processes sharing each listening socket (auto: one per CPU); UDP stays in the main process', workersArg, 1)
