@@ -1,9 +1,9 @@
 // Shared CLI plumbing: option parsers, mapping loading from flags, error reporting, exit codes.
-import { InvalidArgumentError, type Command } from 'commander';
+import { CommanderError, InvalidArgumentError, Option, type Command } from 'commander';
 import type { Mapping } from '../api.js';
-import { loadMappings } from '../config/index.js';
-import { parseDuration } from '../config/validate.js';
+import { MAPPING_OPTION_KEYS, OPTIONS, formatDuration, loadMappings, parseDuration, throwIfProblems } from '../config/index.js';
 import { PortferryError, isPortferryError } from '../errors.js';
+import { validateNetnsPath } from '../netns/nsfs.js';
 import { LOG_LEVELS, type LogFormat, type LogLevel } from '../log.js';
 
 export const EXIT_OK = 0;
@@ -32,35 +32,47 @@ export function logFormatArg(value: string): LogFormat {
   return value;
 }
 
-export function proxyProtocolArg(value: string): 'v1' | 'v2' {
-  if (value !== 'v1' && value !== 'v2') throw new InvalidArgumentError('use v1 or v2');
-  return value;
+export { formatDuration } from '../config/index.js';
+
+/**
+ * A duration option whose default shows in --help as written (`(default: 10s)`, not 10000):
+ * `cmd.addOption(durationOption('--drain-timeout <duration>', 'help text', DEFAULTS.drainTimeoutMs))`.
+ */
+export function durationOption(flags: string, description: string, defaultMs: number): Option {
+  return new Option(flags, description).argParser(durationArg).default(defaultMs, formatDuration(defaultMs));
 }
 
-/** Adds the mapping source options shared by run, validate and rules. */
+/**
+ * Adds the mapping source options shared by run and validate: -p, -c, --container-ip, and a flag
+ * for every per-mapping option of the table that has one (config/options.ts), applied to the -p
+ * mappings and checked by the same parser as a file's value.
+ */
 export function mappingOptions(cmd: Command): Command {
-  return cmd
-    .option('-p, --publish <spec>', 'publish a port: [hostIP:]hostPort[-end]:containerIP:containerPort[-end][/tcp|/udp] (repeatable)', collect, [])
-    .option('-c, --config <file>', 'YAML config file with a `mappings` list (or CNI JSON with runtimeConfig.portMappings)')
-    .option('--proxy-protocol <version>', 'send a PROXY protocol header (v1|v2) on the -p mappings', proxyProtocolArg)
-    .option('--netns <path>', 'dial the -p mappings\' containers from inside this network namespace (/proc/PID/ns/net, /run/netns/NAME)')
+  cmd
+    .option('-p, --publish <spec>', 'publish a port: [hostIP:]hostPort[-end]:containerIP:containerPort[-end][/tcp|/udp] (repeatable)', collect)
+    .option('-c, --config <file>', 'YAML config file with a `mappings` list (or CNI JSON with runtimeConfig.portMappings); a regular file of at most 1 MiB')
     .option('--container-ip <ip>', 'container address for a CNI portMappings file (which carries none)');
+  for (const key of MAPPING_OPTION_KEYS) {
+    const flag = (OPTIONS[key] as { flag?: { spec: string; help: string } }).flag;
+    if (flag !== undefined) cmd.option(flag.spec, flag.help);
+  }
+  return cmd;
 }
 
 export interface MappingFlags {
-  readonly publish: string[];
+  /** Absent when no -p was given. */
+  readonly publish?: string[];
   readonly config?: string;
-  readonly proxyProtocol?: 'v1' | 'v2';
-  readonly netns?: string;
   readonly containerIp?: string;
+  /** The per-mapping option flags, by option key (`proxyProtocol`, `netns`). */
+  readonly [optionKey: string]: unknown;
 }
 
 export function loadFromFlags(flags: MappingFlags): Promise<readonly Mapping[]> {
   const specOptions: Record<string, unknown> = {};
-  if (flags.proxyProtocol !== undefined) specOptions['proxyProtocol'] = flags.proxyProtocol;
-  if (flags.netns !== undefined) specOptions['netns'] = flags.netns;
+  for (const key of MAPPING_OPTION_KEYS) if (flags[key] !== undefined) specOptions[key] = flags[key];
   return loadMappings({
-    specs: flags.publish,
+    specs: flags.publish ?? [],
     ...(flags.config !== undefined ? { file: flags.config } : {}),
     ...(flags.containerIp !== undefined ? { containerIP: flags.containerIp } : {}),
     specOptions,
@@ -94,4 +106,33 @@ export function describeMapping(m: Mapping): Record<string, unknown> {
 
 export function usageError(message: string): PortferryError {
   return new PortferryError('PF_USAGE', message);
+}
+
+/** A commander parse error (unknown option, bad argument …) as PF_USAGE naming the command's --help. */
+export function usageFromCommander(err: CommanderError, program: Command, argv: readonly string[]): PortferryError {
+  const sub = program.commands.find((c) => argv.slice(2).includes(c.name()));
+  const help = `portferry${sub === undefined ? '' : ` ${sub.name()}`} --help`;
+  const message = err.message.replace(/^error: /, '').trim();
+  return new PortferryError('PF_USAGE', message === '' ? `the command line is not valid (${err.code})` : message, {
+    cause: err,
+    details: { commander: err.code },
+    hint: `Run \`${help}\` for the options${sub === undefined ? ' and commands' : ''}.`,
+  });
+}
+
+/**
+ * Every distinct netns path of the mappings must be a network namespace (what `run` checks before
+ * binding). Throws PF_CONFIG_INVALID listing every bad path.
+ */
+export async function checkNetnsPaths(mappings: readonly Mapping[]): Promise<void> {
+  const paths = [...new Set(mappings.flatMap((m) => (m.netns === null ? [] : [m.netns])))];
+  const problems: PortferryError[] = [];
+  for (const p of paths) {
+    try {
+      await validateNetnsPath(p);
+    } catch (err) {
+      problems.push(err instanceof PortferryError ? err : new PortferryError('PF_NETNS_INVALID', `${p}: ${String(err)}`));
+    }
+  }
+  throwIfProblems(problems);
 }
