@@ -73,3 +73,12 @@ t.test('file defaults: every mapping option is allowed under defaults:, a bad on
   t.equal(bad.problems[0]?.code, 'PF_DURATION_INVALID');
   t.match(bad.problems[0]?.message, /^f\.yaml: defaults\.connectTimeout: connectTimeout "soon"/);
 });
+
+t.test('durationOption: a duration flag whose --help default reads as written (10s, not 10000)', async (t) => {
+  const { durationOption, formatDuration } = await import('../../src/cli/common.js');
+  const o = durationOption('--drain-timeout <duration>', 'drain', 10_000);
+  t.equal(o.defaultValue, 10_000, 'the value stays in ms');
+  t.equal(o.defaultValueDescription, '10s', 'shown as written');
+  t.equal(o.parseArg?.('1.5s', undefined), 1500, 'parsed as a duration');
+  t.same([0, 1500, 90_000, 120_000, 3_600_000].map(formatDuration), ['0', '1500ms', '90s', '2m', '1h']);
+});
