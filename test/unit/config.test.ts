@@ -153,7 +153,11 @@ const bad: [string, Parameters<typeof loadMappings>[0], string, RegExp][] = [
 t.test(`bad input: ${bad.length} cases, each coded and naming the input`, async (t) => {
   for (const [label, input0, code, pattern] of bad) {
     const input = input0.file?.startsWith('@') === true ? { ...input0, file: file(input0.file.slice(1)) } : input0;
-    const err = await problemsOf(input);
+    const err = await problemsOf(input).catch((e: unknown) => (e instanceof Error ? e : new Error(String(e))));
+    if (!(err instanceof PortferryError)) {
+      t.fail(`${label}: ${err.message}`);
+      continue;
+    }
     const all = err.problems.length > 0 ? err.problems : [err];
     const hit = all.find((p) => p.code === code);
     t.ok(hit, `${label}: reports ${code} (got ${all.map((p) => p.code).join(', ')})`);
