@@ -1,9 +1,8 @@
 // Shared CLI plumbing: option parsers, mapping loading from flags, error reporting, exit codes.
 import { CommanderError, InvalidArgumentError, Option, type Command } from 'commander';
 import type { Mapping } from '../api.js';
-import { MAPPING_OPTION_KEYS, OPTIONS, formatDuration, loadMappings, parseDuration, throwIfProblems } from '../config/index.js';
+import { MAPPING_OPTION_KEYS, OPTIONS, formatDuration, loadMappings, parseDuration } from '../config/index.js';
 import { PortferryError, isPortferryError } from '../errors.js';
-import { validateNetnsPath } from '../netns/nsfs.js';
 import { LOG_LEVELS, type LogFormat, type LogLevel } from '../log.js';
 
 export const EXIT_OK = 0;
@@ -60,17 +59,19 @@ export function mappingOptions(cmd: Command): Command {
 }
 
 export interface MappingFlags {
-  /** Absent when no -p was given. */
+  /** Absent when no -p was given (no `(default: [])` in --help). */
   readonly publish?: string[];
   readonly config?: string;
   readonly containerIp?: string;
-  /** The per-mapping option flags, by option key (`proxyProtocol`, `netns`). */
-  readonly [optionKey: string]: unknown;
+  /** The option flags of the table (as given; loadFromFlags checks them with the table's parsers). */
+  readonly proxyProtocol?: string;
+  readonly netns?: string;
 }
 
 export function loadFromFlags(flags: MappingFlags): Promise<readonly Mapping[]> {
+  const given = flags as Readonly<Record<string, unknown>>;
   const specOptions: Record<string, unknown> = {};
-  for (const key of MAPPING_OPTION_KEYS) if (flags[key] !== undefined) specOptions[key] = flags[key];
+  for (const key of MAPPING_OPTION_KEYS) if (given[key] !== undefined) specOptions[key] = given[key];
   return loadMappings({
     specs: flags.publish ?? [],
     ...(flags.config !== undefined ? { file: flags.config } : {}),
@@ -89,20 +90,7 @@ export function reportError(err: unknown): number {
   return EXIT_FAILURE;
 }
 
-/** One line per mapping, for `validate` and the ready log. */
-export function describeMapping(m: Mapping): Record<string, unknown> {
-  const range = (a: number, b: number): string => (a === b ? `${a}` : `${a}-${b}`);
-  return {
-    name: m.name,
-    protocol: m.protocol,
-    hostIP: m.hostIP ?? '*',
-    hostPort: range(m.hostPort, m.hostPortEnd),
-    containerIP: m.containerIP,
-    containerPort: range(m.containerPort, m.containerPortEnd),
-    ...(m.netns !== null ? { netns: m.netns } : {}),
-    ...(m.proxyProtocol !== null ? { proxyProtocol: m.proxyProtocol } : {}),
-  };
-}
+export { describeMapping } from '../forwarder/ready.js';
 
 export function usageError(message: string): PortferryError {
   return new PortferryError('PF_USAGE', message);
@@ -118,21 +106,4 @@ export function usageFromCommander(err: CommanderError, program: Command, argv: 
     details: { commander: err.code },
     hint: `Run \`${help}\` for the options${sub === undefined ? ' and commands' : ''}.`,
   });
-}
-
-/**
- * Every distinct netns path of the mappings must be a network namespace (what `run` checks before
- * binding). Throws PF_CONFIG_INVALID listing every bad path.
- */
-export async function checkNetnsPaths(mappings: readonly Mapping[]): Promise<void> {
-  const paths = [...new Set(mappings.flatMap((m) => (m.netns === null ? [] : [m.netns])))];
-  const problems: PortferryError[] = [];
-  for (const p of paths) {
-    try {
-      await validateNetnsPath(p);
-    } catch (err) {
-      problems.push(err instanceof PortferryError ? err : new PortferryError('PF_NETNS_INVALID', `${p}: ${String(err)}`));
-    }
-  }
-  throwIfProblems(problems);
 }

@@ -4,7 +4,8 @@
 import type { Command } from 'commander';
 import { formatHostPort } from '../addr.js';
 import { bindingCount } from '../config/index.js';
-import { EXIT_OK, checkNetnsPaths, describeMapping, loadFromFlags, mappingOptions, reportError, type MappingFlags } from './common.js';
+import { checkNetnsPaths } from '../forwarder/dialers.js';
+import { EXIT_OK, describeMapping, loadFromFlags, mappingOptions, reportError, type MappingFlags } from './common.js';
 
 /** What `run` finds out only by binding and dialling. */
 export const NOT_CHECKED =
