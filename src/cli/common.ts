@@ -33,6 +33,13 @@ export function logFormatArg(value: string): LogFormat {
 
 export { formatDuration } from '../config/index.js';
 
+/** --proxy-protocol for commands that keep their own flag (ports): the table's own parser. */
+export function proxyProtocolArg(value: string): 'v1' | 'v2' {
+  const v = OPTIONS.proxyProtocol.parse(value);
+  if (v === 'v1' || v === 'v2') return v;
+  throw new InvalidArgumentError('use v1 or v2');
+}
+
 /**
  * A duration option whose default shows in --help as written (`(default: 10s)`, not 10000):
  * `cmd.addOption(durationOption('--drain-timeout <duration>', 'help text', DEFAULTS.drainTimeoutMs))`.

@@ -2,6 +2,7 @@
 // bind every mapping (or none), restore the state file, serve the runtime API and metrics, log
 // `ready`, serve until SIGTERM/SIGINT, drain for --drain-timeout, exit 0. SIGHUP reloads the
 // command line's mappings (-p and the -c file) without touching the others.
+import { execFile } from 'node:child_process';
 import cluster from 'node:cluster';
 import os from 'node:os';
 import { InvalidArgumentError, type Command } from 'commander';
@@ -86,6 +87,7 @@ async function serve(flags: RunFlags, logger: Logger): Promise<number | undefine
   }
   const running = forwarder;
   logReady(logger, running, { ...(api !== null ? { api: api.socketPath } : {}) });
+  notifySystemd(logger);
 
   let stopping = false;
   const onSignal = (signal: NodeJS.Signals): void => {
@@ -118,6 +120,17 @@ async function serve(flags: RunFlags, logger: Logger): Promise<number | undefine
       );
   });
   return undefined;
+}
+
+/**
+ * Under systemd (Type=notify, NotifyAccess=all) tell it we are ready. Node cannot send on a unix
+ * datagram socket, so systemd's own systemd-notify does it for our pid.
+ */
+function notifySystemd(logger: Logger): void {
+  if (process.env['NOTIFY_SOCKET'] === undefined) return;
+  execFile('systemd-notify', ['--ready', `--pid=${process.pid}`], (err) => {
+    if (err !== null) logger.warn({ err: err.message }, 'could not tell systemd we are ready (systemd-notify failed); use Type=exec in the unit');
+  });
 }
 
 export { EXIT_FAILURE };
