@@ -10,6 +10,7 @@ export const CNI_CODES: Readonly<Partial<Record<ErrorCode, number>>> = {
   PF_CNI_CONFIG: 7,
   PF_CONFIG_INVALID: 7,
   PF_CONFIG_VALUE: 7,
+  PF_CONFIG_MISSING: 7,
   PF_PORT_INVALID: 7,
   PF_PROTOCOL_INVALID: 7,
   PF_IP_INVALID: 7,

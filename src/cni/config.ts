@@ -62,32 +62,21 @@ export function pluginConf(conf: NetConf): PluginConf {
     if (given.length > 0) problems.push(`${given.map((k) => `"${k}"`).join(', ')} only apply to "backend": "userspace" (kernel DNAT cannot dial into a namespace or send a PROXY header)`);
   }
 
+  // The entries themselves are parsed by the one CNI portMappings parser (config/cni.ts) when a
+  // backend builds its input; here only the shape around them.
   const rc = raw['runtimeConfig'];
-  let portMappings: CniPortMapping[] = [];
+  let portMappings: readonly CniPortMapping[] = [];
   if (rc !== undefined && rc !== null) {
-    const pm = typeof rc === 'object' ? (rc as Record<string, unknown>)['portMappings'] : undefined;
+    const pm = typeof rc === 'object' && !Array.isArray(rc) ? (rc as Record<string, unknown>)['portMappings'] : undefined;
     if (typeof rc !== 'object' || Array.isArray(rc)) problems.push('"runtimeConfig" must be an object');
     else if (pm !== undefined && pm !== null && !Array.isArray(pm)) problems.push('"runtimeConfig.portMappings" must be a list');
-    else if (Array.isArray(pm)) {
-      pm.forEach((e: unknown, i) => {
-        const o = (typeof e === 'object' && e !== null ? e : {}) as Record<string, unknown>;
-        if (typeof o['hostPort'] !== 'number' || typeof o['containerPort'] !== 'number') {
-          problems.push(`runtimeConfig.portMappings[${i}] needs numbers hostPort and containerPort, got ${JSON.stringify(e)}`);
-          return;
-        }
-        for (const k of ['protocol', 'hostIP']) {
-          if (o[k] !== undefined && typeof o[k] !== 'string') problems.push(`runtimeConfig.portMappings[${i}].${k} must be a string`);
-        }
-        portMappings.push(e as CniPortMapping);
-      });
-    }
+    else if (Array.isArray(pm)) portMappings = pm as CniPortMapping[];
   }
   if (problems.length > 0) {
     throw new PortferryError('PF_CNI_CONFIG', `the portferry plugin configuration of network "${conf.name}" is not valid: ${problems.join('; ')}`, {
       details: { problems },
     });
   }
-  portMappings = portMappings.map((p) => (p.protocol === undefined ? p : { ...p, protocol: p.protocol.toLowerCase() }));
   const portmap: PortmapOptionsInput = {
     ...(snat !== undefined ? { snat } : {}),
     ...(masqAll !== undefined ? { masqAll } : {}),
