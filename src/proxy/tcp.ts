@@ -8,7 +8,7 @@ import type { Binding, Endpoint, Listener, TcpStats } from '../api.js';
 import { formatEndpoint } from '../addr.js';
 import { errnoCode } from '../errors.js';
 import type { Logger } from '../log.js';
-import { bindError } from './bind-error.js';
+import { bindError, closedBeforeListening } from './bind-error.js';
 import type { Dialer } from './dialer.js';
 import { buildConnectionHeader } from './header-hook.js';
 import { newUniqueId } from './proxy-header.js';
@@ -24,11 +24,21 @@ const LISTEN_BACKLOG = 4096;
 const WARN_INTERVAL_MS = 10_000;
 const noop = (): void => {};
 
+/**
+ * new → binding → listening → closing → destroyed. close()/destroy() while binding reject the
+ * pending listen() with PF_BIND_FAILED and close the server as soon as its bind completes (the
+ * port is never left bound); listen() once closing or destroyed rejects the same way.
+ */
+type State = 'new' | 'binding' | 'listening' | 'closing' | 'destroyed';
+
 export class TcpListener implements Listener {
+  private state: State = 'new';
   private server: net.Server | null = null;
+  private listening: Promise<void> | null = null;
+  /** Rejects the pending listen() (set while binding). */
+  private failListen: ((err: Error) => void) | null = null;
   private readonly relays = new Set<Relay>();
   private readonly dialling = new Map<net.Socket, AbortController>();
-  private closing = false;
   private closed: Promise<void> | null = null;
   private nextId = 1;
   private counts = { accepted: 0, refused: 0, dialFailures: 0, acceptErrors: 0, bytesToContainer: 0, bytesToClient: 0 };
@@ -42,22 +52,38 @@ export class TcpListener implements Listener {
   ) {}
 
   listen(): Promise<void> {
-    if (this.server !== null) return Promise.resolve();
+    if (this.state === 'closing' || this.state === 'destroyed') return Promise.reject(closedBeforeListening(this.binding));
+    this.listening ??= this.bind();
+    return this.listening;
+  }
+
+  /** What server.listen() is given: the binding's address and port. */
+  private listenOptions(): net.ListenOptions {
+    const { host } = this.binding;
+    return { host: host.ip, port: host.port, ipv6Only: host.ip.includes(':'), backlog: LISTEN_BACKLOG };
+  }
+
+  private bind(): Promise<void> {
+    this.state = 'binding';
     const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true });
     this.server = server;
-    const { host } = this.binding;
     return new Promise((resolve, reject) => {
+      this.failListen = reject;
       const onListenError = (err: Error): void => {
+        this.failListen = null;
+        if (this.state === 'binding') this.state = 'destroyed';
         this.server = null;
-        server.close();
         reject(bindError(err, this.binding));
       };
       server.once('error', onListenError);
-      server.listen({ host: host.ip, port: host.port, ipv6Only: host.ip.includes(':'), backlog: LISTEN_BACKLOG }, () => {
+      server.listen(this.listenOptions(), () => {
         server.off('error', onListenError);
         // After listening, errors come from accept (EMFILE, ENFILE …). libuv keeps the listener
         // armed and sheds the pending connection with its reserve descriptor; we count and warn.
         server.on('error', (err) => this.onAcceptError(err));
+        if (this.state !== 'binding') return; // closed while binding: close() has rejected and closes the server
+        this.failListen = null;
+        this.state = 'listening';
         server.on('connection', (socket) => this.onConnection(socket));
         resolve();
       });
@@ -65,6 +91,7 @@ export class TcpListener implements Listener {
   }
 
   address(): Endpoint | null {
+    if (this.state !== 'listening' && this.state !== 'closing') return null;
     const a = this.server?.address();
     if (a === null || a === undefined || typeof a === 'string') return null;
     return { ip: a.address, port: a.port };
@@ -91,13 +118,19 @@ export class TcpListener implements Listener {
 
   close(graceMs: number): Promise<void> {
     if (this.closed !== null) return this.closed;
-    this.closing = true;
+    const server = this.server;
+    if (this.state === 'binding') {
+      this.failListen?.(closedBeforeListening(this.binding));
+      this.failListen = null;
+    }
+    if (this.state !== 'destroyed') this.state = 'closing';
     this.closed = new Promise<void>((resolve) => {
-      const server = this.server;
       let serverClosed = server === null;
       const check = (): void => {
         if (serverClosed && this.relays.size === 0 && this.dialling.size === 0) {
           clearTimeout(timer);
+          this.state = 'destroyed';
+          this.drainCheck = noop;
           resolve();
         }
       };
@@ -106,7 +139,7 @@ export class TcpListener implements Listener {
         check();
       }, graceMs);
       this.drainCheck = check;
-      if (server !== null) server.close(() => {
+      if (server !== null) closeServer(server, () => {
         serverClosed = true;
         check();
       });
@@ -116,8 +149,7 @@ export class TcpListener implements Listener {
   }
 
   destroy(): void {
-    this.closing = true;
-    if (this.closed === null) void this.close(0);
+    void this.close(0);
     this.destroyConnections();
   }
 
@@ -146,7 +178,7 @@ export class TcpListener implements Listener {
     this.counts.accepted++;
     client.on('error', noop); // until the relay owns it; a reset while dialling just aborts the dial
     const { mapping } = this.binding;
-    if (this.closing) {
+    if (this.state !== 'listening') {
       client.destroy();
       return;
     }
@@ -166,7 +198,7 @@ export class TcpListener implements Listener {
       (container) => {
         this.dialling.delete(client);
         client.off('close', onClientGone);
-        if (client.destroyed || this.closing) {
+        if (client.destroyed || this.state !== 'listening') {
           container.destroy();
           client.destroy();
           this.drainCheck();
@@ -220,4 +252,25 @@ export class TcpListener implements Listener {
     });
     relay.start();
   }
+}
+
+/**
+ * Closes a server whatever its bind's progress: a bind still under way (address lookup, listen)
+ * completes and is closed then; a bind that failed has nothing to close.
+ */
+function closeServer(server: net.Server, done: () => void): void {
+  if (server.listening) {
+    server.close(() => done());
+    return;
+  }
+  const onListening = (): void => {
+    server.off('error', onError);
+    server.close(() => done());
+  };
+  const onError = (): void => {
+    server.off('listening', onListening);
+    done();
+  };
+  server.once('listening', onListening);
+  server.once('error', onError);
 }

@@ -3,7 +3,10 @@ import t from 'tap';
 import net from 'node:net';
 import { spawn } from 'node:child_process';
 import { loadMappings } from '../../src/config/index.js';
-import { testMapping } from '../helpers/mapping.js';
+import { silentLogger } from '../../src/log.js';
+import { DirectDialer } from '../../src/proxy/dialer.js';
+import { TcpListener } from '../../src/proxy/tcp.js';
+import { testBinding, testMapping } from '../helpers/mapping.js';
 import { connect, echoRoundTrip, echoServer, freePort, randomPayload, readAll, sha256, startManager, startServer, until } from '../helpers/net.js';
 
 const MiB = 1024 * 1024;
@@ -234,4 +237,51 @@ t.test('maxConnections refuses connections over the limit and counts them', asyn
   t.equal((fwd.manager.stats()[0]?.stats as { refused: number }).refused, 1, 'refusal counted');
   a.destroy();
   b.destroy();
+});
+
+// Issue 10: destroy() while listen() was pending left that promise pending forever (and the port
+// bound once the bind completed); listen() after destroy() resolved with nothing bound.
+t.test('lifecycle: destroy() or close() while binding rejects listen() with PF_BIND_FAILED and leaves the port free', async (t) => {
+  for (const how of ['destroy', 'close'] as const) {
+    const port = await freePort();
+    const l = new TcpListener(testBinding({ hostPort: port }), { dialer: new DirectDialer(), logger: silentLogger() });
+    const listening = l.listen();
+    if (how === 'destroy') l.destroy();
+    else void l.close(1000);
+    const outcome = await Promise.race([
+      listening.then(() => 'resolved', (e: { code?: string }) => e.code ?? 'rejected'),
+      new Promise((r) => setTimeout(() => r('still pending'), 2000)),
+    ]);
+    t.equal(outcome, 'PF_BIND_FAILED', `${how} while binding: listen() rejects with a coded error`);
+    await l.close(0);
+    t.equal(l.address(), null, `${how}: no address`);
+    const err = await connect(port).then(
+      (s) => {
+        s.destroy();
+        return 'connected';
+      },
+      (e: NodeJS.ErrnoException) => e.code,
+    );
+    t.equal(err, 'ECONNREFUSED', `${how} while binding: the port is not left bound`);
+  }
+});
+
+t.test('lifecycle: listen() after destroy() or close() rejects; listen() twice binds once', async (t) => {
+  const mk = (): TcpListener => new TcpListener(testBinding(), { dialer: new DirectDialer(), logger: silentLogger() });
+  const a = mk();
+  a.destroy();
+  await t.rejects(a.listen(), { code: 'PF_BIND_FAILED' }, 'listen() after destroy() rejects');
+  t.equal(a.address(), null, 'nothing bound');
+  const b = mk();
+  await b.listen();
+  await b.close(0);
+  await t.rejects(b.listen(), { code: 'PF_BIND_FAILED' }, 'listen() after close() rejects');
+  const c = mk();
+  t.teardown(() => c.destroy());
+  const [p1, p2] = [c.listen(), c.listen()];
+  t.equal(p1, p2, 'a second listen() while binding is the same promise');
+  await p1;
+  t.ok((c.address()?.port ?? 0) > 0, 'bound once');
+  await c.listen();
+  t.pass('listen() once listening resolves again');
 });
