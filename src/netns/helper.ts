@@ -18,7 +18,7 @@ import dgram from 'node:dgram';
 import type { Endpoint } from '../api.js';
 import { PortferryError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { dialError, dialTimeoutError, wrapDgram, type DialOptions, type Dialer, type UdpChannel } from '../proxy/dialer.js';
+import { dialError, dialTimeoutError, wrapDgram, type DialAttempt, type DialCallback, type Dialer, type UdpChannel } from '../proxy/dialer.js';
 import { isHelperReply, type HelperReply, type HelperRequest } from './helper-protocol.js';
 import { validateNetnsPath } from './nsfs.js';
 
@@ -301,14 +301,15 @@ export class NetnsDialer implements Dialer {
     });
   }
 
-  dialTcp(target: Endpoint, options: DialOptions): Promise<net.Socket> {
+  dialTcp(target: Endpoint, timeoutMs: number, done: DialCallback): DialAttempt {
     const started = Date.now();
-    return this.request<net.Socket>(
-      (id) => ({ type: 'dial-tcp', id, ip: target.ip, port: target.port, timeoutMs: Math.max(1, options.timeoutMs - (Date.now() - started)) }),
-      options.timeoutMs,
-      () => dialTimeoutError(target, options.timeoutMs),
+    const ac = new AbortController();
+    this.request<net.Socket>(
+      (id) => ({ type: 'dial-tcp', id, ip: target.ip, port: target.port, timeoutMs: Math.max(1, timeoutMs - (Date.now() - started)) }),
+      timeoutMs,
+      () => dialTimeoutError(target, timeoutMs),
       async (msg, handle) => {
-        if (msg.type === 'error') throw msg.timeout ? dialTimeoutError(target, options.timeoutMs) : dialError(target, Object.assign(new Error(msg.message), { code: msg.errno }));
+        if (msg.type === 'error') throw msg.timeout ? dialTimeoutError(target, timeoutMs) : dialError(target, Object.assign(new Error(msg.message), { code: msg.errno }));
         if (msg.type !== 'tcp' || !(handle instanceof net.Socket)) {
           if (handle instanceof dgram.Socket) handle.close();
           throw dialError(target, Object.assign(new Error(`netns helper answered ${msg.type} without a TCP socket`), { code: 'EPROTO' }));
@@ -320,9 +321,14 @@ export class NetnsDialer implements Dialer {
         handle.setNoDelay(true);
         return handle;
       },
-      options.signal,
-      () => dialError(target, Object.assign(new Error('aborted'), { code: 'ABORTED' })),
+      ac.signal,
+    ).then(
+      (socket) => done(null, socket),
+      (err: unknown) => {
+        if (!ac.signal.aborted) done(err instanceof Error ? err : new Error(String(err)), null);
+      },
     );
+    return { cancel: () => ac.abort() };
   }
 
   openUdp(target: Endpoint): Promise<UdpChannel> {

@@ -4,12 +4,11 @@
 // Ownership: the listener owns its server, the connections being dialled and the live relays;
 // close() stops accepting and lets relays finish for a grace period, destroy() aborts them all.
 import net from 'node:net';
-import type { Binding, Endpoint, Listener, TcpStats } from '../api.js';
-import { formatEndpoint } from '../addr.js';
-import { errnoCode } from '../errors.js';
+import type { Binding, Endpoint, Listener, RelayResult, TcpStats } from '../api.js';
+import { PortferryError, errnoCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import { bindError, closedBeforeListening } from './bind-error.js';
-import type { Dialer } from './dialer.js';
+import type { DialAttempt, Dialer } from './dialer.js';
 import { buildConnectionHeader } from './header-hook.js';
 import { newUniqueId } from './proxy-header.js';
 import { Relay } from './relay.js';
@@ -37,8 +36,10 @@ export class TcpListener implements Listener {
   private listening: Promise<void> | null = null;
   /** Rejects the pending listen() (set while binding). */
   private failListen: ((err: Error) => void) | null = null;
-  private readonly relays = new Set<Relay>();
-  private readonly dialling = new Map<net.Socket, AbortController>();
+  /** Live relays; with debug logging on, what their 'connection closed' line needs. */
+  private readonly relays = new Map<Relay, ConnectionInfo | null>();
+  /** Accepted connections whose container dial is under way. */
+  private readonly dialling = new Map<net.Socket, DialAttempt>();
   private closed: Promise<void> | null = null;
   private nextId = 1;
   private counts = { accepted: 0, refused: 0, dialFailures: 0, acceptErrors: 0, bytesToContainer: 0, bytesToClient: 0 };
@@ -46,10 +47,18 @@ export class TcpListener implements Listener {
   /** Set by close(): re-checks whether the drain is complete; called whenever a connection ends. */
   private drainCheck: () => void = noop;
 
+  /** 'close' of a client being dialled for; `this` is the socket (one function per listener). */
+  private readonly clientLeftWhileDialling: (this: net.Socket) => void;
+
   constructor(
     readonly binding: Binding,
     private readonly deps: TcpListenerDeps,
-  ) {}
+  ) {
+    const listener = this;
+    this.clientLeftWhileDialling = function (this: net.Socket): void {
+      listener.clientLeft(this);
+    };
+  }
 
   listen(): Promise<void> {
     if (this.state === 'closing' || this.state === 'destroyed') return Promise.reject(closedBeforeListening(this.binding));
@@ -100,7 +109,7 @@ export class TcpListener implements Listener {
   stats(): TcpStats {
     let up = this.counts.bytesToContainer;
     let down = this.counts.bytesToClient;
-    for (const r of this.relays) {
+    for (const r of this.relays.keys()) {
       up += r.bytesToContainer;
       down += r.bytesToClient;
     }
@@ -154,12 +163,12 @@ export class TcpListener implements Listener {
   }
 
   private destroyConnections(): void {
-    for (const [socket, ac] of this.dialling) {
-      ac.abort();
+    for (const [socket, attempt] of this.dialling) {
+      attempt.cancel();
       socket.destroy();
     }
     this.dialling.clear();
-    for (const r of [...this.relays]) r.destroy('destroyed');
+    for (const r of [...this.relays.keys()]) r.destroy('destroyed');
   }
 
   private onAcceptError(err: Error): void {
@@ -188,70 +197,104 @@ export class TcpListener implements Listener {
       client.resetAndDestroy();
       return;
     }
+    // A client that leaves while we dial: the accepted socket is paused (pauseOnConnect), so Node
+    // would not notice a reset until the relay starts. read(0) starts reading into the socket's
+    // own buffer (at most its high-water mark; nothing is consumed: the relay delivers it first,
+    // after the PROXY header), so a reset destroys the socket now and its 'close' cancels the
+    // dial. A FIN is not a departure: it may be a half-close before the reply (`request; EOF`).
+    client.read(0);
+    client.once('close', this.clientLeftWhileDialling);
     const id = this.nextId++;
-    const ac = new AbortController();
-    this.dialling.set(client, ac);
-    const onClientGone = (): void => ac.abort();
-    client.once('close', onClientGone);
-
-    this.deps.dialer.dialTcp(this.binding.container, { timeoutMs: mapping.connectTimeoutMs, signal: ac.signal }).then(
-      (container) => {
-        this.dialling.delete(client);
-        client.off('close', onClientGone);
-        if (client.destroyed || this.state !== 'listening') {
-          container.destroy();
-          client.destroy();
-          this.drainCheck();
-          return;
-        }
-        const uniqueId = mapping.proxyTlvs.uniqueId ? newUniqueId() : null;
-        let header: Buffer | null;
-        try {
-          header = buildConnectionHeader(this.binding, client, uniqueId);
-        } catch (err) {
-          this.warnLimited('header', { err: errnoCode(err) ?? (err as Error).message }, 'cannot build the PROXY header; the connection is closed');
-          container.destroy();
-          client.resetAndDestroy();
-          this.drainCheck();
-          return;
-        }
-        if (header !== null) container.write(header); // one write, before any client byte (the client is still paused)
-        this.startRelay(id, client, container, uniqueId);
-      },
-      (err: unknown) => {
-        this.dialling.delete(client);
-        client.off('close', onClientGone);
-        if (!ac.signal.aborted) {
-          this.counts.dialFailures++;
-          const code = errnoCode(err) ?? 'unknown';
-          if (this.deps.logger.isLevelEnabled('debug')) {
-            this.deps.logger.debug({ conn: id, client: `${client.remoteAddress}:${client.remotePort}`, err: code, cause: errnoCode((err as Error).cause) }, 'dial to container failed');
-          }
-          this.warnLimited('dial', { err: code, dialFailures: this.counts.dialFailures, target: formatEndpoint(this.binding.container) }, 'connecting to the container failed; clients are disconnected, the listener keeps serving');
-        }
-        // The client learns of the failure as a reset, not as an empty successful exchange.
-        if (!client.destroyed) client.resetAndDestroy();
-        this.drainCheck();
-      },
+    this.dialling.set(
+      client,
+      this.deps.dialer.dialTcp(this.binding.container, mapping.connectTimeoutMs, (err, container) => this.dialled(client, id, err, container)),
     );
   }
 
-  private startRelay(id: number, client: net.Socket, container: net.Socket, uniqueId: Buffer | null): void {
-    const { mapping } = this.binding;
-    const relay = new Relay(client, container, { idleTimeoutMs: mapping.idleTimeoutMs, halfCloseTimeoutMs: mapping.halfCloseTimeoutMs });
-    this.relays.add(relay);
-    const clientAddr = this.deps.logger.isLevelEnabled('debug') ? `${client.remoteAddress}:${client.remotePort}` : '';
-    void relay.done.then((r) => {
-      this.relays.delete(relay);
-      this.counts.bytesToContainer += r.bytesToContainer;
-      this.counts.bytesToClient += r.bytesToClient;
-      if (clientAddr !== '') {
-        this.deps.logger.debug({ conn: id, ...(uniqueId !== null ? { uniqueId: uniqueId.toString('hex') } : {}), client: clientAddr, up: r.bytesToContainer, down: r.bytesToClient, ms: r.durationMs, bulk: r.bulkDirections, reason: r.reason, ...(r.errorCode !== undefined ? { err: r.errorCode } : {}) }, 'connection closed');
-      }
+  /** The client left (reset) while we dialled: cancel the dial, which releases its socket. */
+  private clientLeft(client: net.Socket): void {
+    const attempt = this.dialling.get(client);
+    if (attempt === undefined) return;
+    this.dialling.delete(client);
+    attempt.cancel();
+    this.drainCheck();
+  }
+
+  private dialled(client: net.Socket, id: number, err: Error | null, container: net.Socket | null): void {
+    this.dialling.delete(client);
+    client.off('close', this.clientLeftWhileDialling);
+    if (container === null) {
+      this.dialFailed(client, id, err);
+      return;
+    }
+    if (client.destroyed || this.state !== 'listening') {
+      container.destroy();
+      client.destroy();
       this.drainCheck();
-    });
+      return;
+    }
+    const { mapping } = this.binding;
+    const uniqueId = mapping.proxyTlvs.uniqueId ? newUniqueId() : null;
+    let header: Buffer | null;
+    try {
+      header = buildConnectionHeader(this.binding, client, uniqueId);
+    } catch (e) {
+      this.warnLimited('header', { err: errnoCode(e) ?? (e as Error).message }, 'cannot build the PROXY header; the connection is closed');
+      container.destroy();
+      client.resetAndDestroy();
+      this.drainCheck();
+      return;
+    }
+    if (header !== null) container.write(header); // one write, before any client byte (the client's reads wait in its buffer)
+    const relay = new Relay(client, container, { idleTimeoutMs: mapping.idleTimeoutMs, halfCloseTimeoutMs: mapping.halfCloseTimeoutMs }, this.relayEnded);
+    this.relays.set(relay, this.deps.logger.isLevelEnabled('debug') ? { id, uniqueId, client: `${client.remoteAddress}:${client.remotePort}` } : null);
     relay.start();
   }
+
+  private dialFailed(client: net.Socket, id: number, err: Error | null): void {
+    this.counts.dialFailures++;
+    const code = errnoCode(err) ?? 'unknown';
+    const errno = dialErrno(err);
+    const logger = this.deps.logger;
+    if (logger.isLevelEnabled('debug')) {
+      logger.debug({ conn: id, client: `${client.remoteAddress}:${client.remotePort}`, err: code, errno }, 'dial to container failed');
+    }
+    if (errno === 'EMFILE' || errno === 'ENFILE') {
+      this.warnLimited('dial-local', { err: code, errno, dialFailures: this.counts.dialFailures }, `no descriptor left here to dial the container (${errno}: a local shortage, not the container); clients are disconnected — raise \`ulimit -n\``);
+    } else {
+      this.warnLimited('dial', { err: code, errno, dialFailures: this.counts.dialFailures }, `connecting to the container failed (${errno}); clients are disconnected, the listener keeps serving`);
+    }
+    // The client learns of the failure as a reset, not as an empty successful exchange.
+    if (!client.destroyed) client.resetAndDestroy();
+    this.drainCheck();
+  }
+
+  private readonly relayEnded = (r: RelayResult, relay: Relay): void => {
+    const info = this.relays.get(relay);
+    this.relays.delete(relay);
+    this.counts.bytesToContainer += r.bytesToContainer;
+    this.counts.bytesToClient += r.bytesToClient;
+    if (info !== null && info !== undefined) {
+      this.deps.logger.debug({ conn: info.id, ...(info.uniqueId !== null ? { uniqueId: info.uniqueId.toString('hex') } : {}), client: info.client, up: r.bytesToContainer, down: r.bytesToClient, ms: r.durationMs, bulk: r.bulkDirections, reason: r.reason, ...(r.errorCode !== undefined ? { err: r.errorCode } : {}) }, 'connection closed');
+    }
+    this.drainCheck();
+  };
+}
+
+interface ConnectionInfo {
+  readonly id: number;
+  readonly uniqueId: Buffer | null;
+  readonly client: string;
+}
+
+/** The errno behind a failed dial (ECONNREFUSED, ETIMEDOUT, EMFILE …): PF_DIAL_FAILED carries it in its details. */
+function dialErrno(err: unknown): string {
+  if (err instanceof PortferryError) {
+    if (err.code === 'PF_DIAL_TIMEOUT') return 'ETIMEDOUT';
+    const errno = err.details['errno'];
+    if (typeof errno === 'string') return errno;
+  }
+  return errnoCode((err as { cause?: unknown } | null)?.cause) ?? errnoCode(err) ?? 'unknown';
 }
 
 /**
