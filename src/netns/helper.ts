@@ -17,6 +17,7 @@ import net from 'node:net';
 import dgram from 'node:dgram';
 import type { Endpoint } from '../api.js';
 import { PortferryError } from '../errors.js';
+import { fixReceivedUdp6Connect } from '../internals.js';
 import type { Logger } from '../log.js';
 import { dialError, dialTimeoutError, wrapDgram, type DialAttempt, type DialCallback, type Dialer, type UdpChannel } from '../proxy/dialer.js';
 import { isHelperReply, type HelperReply, type HelperRequest } from './helper-protocol.js';
@@ -388,19 +389,3 @@ async function validateUserns(p: string): Promise<void> {
     });
   }
 }
-
-/**
- * Node 20 bug: a dgram socket received over IPC gets its handle through `replaceHandle`, which
- * copies the IPv6 `bind` and `send` methods onto the new handle but not `connect`, so connecting a
- * received udp6 socket calls the IPv4 connect and fails with EINVAL. Point it at `connect6`.
- * Returns false when Node's internals are not as expected (the caller then does without connect).
- */
-function fixReceivedUdp6Connect(socket: dgram.Socket): boolean {
-  const sym = Object.getOwnPropertySymbols(socket).find((s) => s.description === 'state symbol');
-  const state = sym === undefined ? undefined : (socket as unknown as Record<symbol, { handle?: Record<string, unknown> } | undefined>)[sym];
-  const handle = state?.handle;
-  if (handle === undefined || typeof handle['connect6'] !== 'function') return false;
-  handle['connect'] = handle['connect6'];
-  return true;
-}
-

@@ -14,7 +14,7 @@
 // - Backpressure: when the destination's buffer is over its high-water mark, the source is paused
 //   until 'drain'. Memory per connection is bounded by one read chunk plus the write buffer.
 // - Bulk: a direction that has moved 1 MiB switches from Node's allocate-per-read 'data' events
-//   to reading into a small ring of its own buffers (ownBufferReads, src/proxy/fast-read.ts);
+//   to reading into a small ring of its own buffers (src/internals.ts: bulkReads);
 //   idle and small connections hold no buffer of ours.
 // - Timers: one per connection, the client socket's own inactivity timer (Node refreshes it on
 //   every read and write). Every byte of either direction passes through the client socket, so
@@ -26,7 +26,7 @@
 import type net from 'node:net';
 import type { RelayEndReason, RelayResult } from '../api.js';
 import { errnoCode } from '../errors.js';
-import { readIntoOwnBuffers, resumeOwnBufferReads } from './fast-read.js';
+import { readIntoOwnBuffers, resumeOwnBufferReads } from '../internals.js';
 
 export interface RelayOptions {
   /** Close the connection after this long with no byte either way. 0: never. */
