@@ -100,8 +100,10 @@ class DirectDial implements DialAttempt {
   ) {
     const socket = new DialSocket(this);
     this.socket = socket;
-    socket.once('connect', onDialConnect);
-    socket.once('error', onDialError);
+    // Plain on(): once() would wrap each listener in a closure. After the dial settles
+    // socket.dial is null and these do nothing (the relay adds its own 'error' listener).
+    socket.on('connect', onDialConnect);
+    socket.on('error', onDialError);
     this.timer = setTimeout(onDialTimeout, timeoutMs, this);
     socket.connect({ host: target.ip, port: target.port });
   }
@@ -125,7 +127,6 @@ class DirectDial implements DialAttempt {
     const done = this.settle();
     if (done === null) return;
     const { socket } = this;
-    socket.off('error', onDialError);
     socket.pause(); // inside 'connect': Node then does not start reading
     done(null, socket);
   }

@@ -203,7 +203,7 @@ export class TcpListener implements Listener {
     // after the PROXY header), so a reset destroys the socket now and its 'close' cancels the
     // dial. A FIN is not a departure: it may be a half-close before the reply (`request; EOF`).
     client.read(0);
-    client.once('close', this.clientLeftWhileDialling);
+    client.on('close', this.clientLeftWhileDialling); // on(), not once(): no wrapper closure; dialled() removes it
     const id = this.nextId++;
     this.dialling.set(
       client,
