@@ -113,9 +113,16 @@ class Direction {
   switchToOwnBuffers(): void {
     const { src } = this;
     if (this.relay.ended || src.destroyed) return;
+    if (src.readableLength > 0) {
+      // Chunks wait in the socket's buffer (a backpressure pause left them): deliver them as
+      // 'data' first and try again on a later chunk, rather than stay in event mode for good.
+      this.switching = false;
+      src.resume();
+      return;
+    }
     src.off('data', onSrcData);
     if (this.ownBufferReads()) this.bulk = true;
-    else src.on('data', onSrcData);
+    else src.on('data', onSrcData); // the fast path is off: events for good
     src.resume();
   }
 
