@@ -8,6 +8,7 @@ import { disableFastPath, fixReceivedUdp6Connect, internals, selfTest } from '..
 import { createTopology, type Topology } from '../../src/netns/topology.js';
 import { NetnsDialer } from '../../src/netns/helper.js';
 import { silentLogger } from '../../src/log.js';
+import type { UdpChannel } from '../../src/proxy/dialer.js';
 import { skipUnless } from '../helpers/env.js';
 import { testMapping } from '../helpers/mapping.js';
 import { echoRoundTrip, echoServer, randomPayload, sha256, startManager } from '../helpers/net.js';
@@ -47,6 +48,17 @@ function receiveUdp6Socket(t: { teardown: (fn: () => unknown) => void }): Promis
   });
 }
 
+/** An IPv6 UDP channel through the namespace dialer to an echo server on ::1 inside ctr. */
+async function udp6Channel(t: Test): Promise<UdpChannel> {
+  const tp = await world();
+  const srv = await nsServer(t.teardown, tp, 'ctr', { proto: 'udp', host: '::1' });
+  const dialer = new NetnsDialer({ netnsPath: tp.paths.ctr as string, logger: silentLogger() });
+  t.teardown(() => dialer.close());
+  const ch = await dialer.openUdp({ ip: '::1', port: srv.port });
+  t.teardown(() => ch.close());
+  return ch;
+}
+
 t.test('self-test: every fast path is on here, and says what it relies on', async (t) => {
   const report = await selfTest();
   t.match(report.bulkReads, { on: true, why: /useUserBuffer/ }, 'bulk reads into our own buffers');
@@ -79,13 +91,8 @@ t.test('udp6Connect: a udp6 socket received over IPC connects (the Node 20 bug i
 });
 
 t.test('udp6Connect is used by the namespace dialer for an IPv6 UDP channel', gate, async (t) => {
-  const tp = await world();
-  const srv = await nsServer(t.teardown, tp, 'ctr', { proto: 'udp', host: '::1' });
-  const dialer = new NetnsDialer({ netnsPath: tp.paths.ctr as string, logger: silentLogger() });
-  t.teardown(() => dialer.close());
   const before = internals().udp6Connect.uses;
-  const ch = await dialer.openUdp({ ip: '::1', port: srv.port });
-  t.teardown(() => ch.close());
+  await udp6Channel(t);
   t.equal(internals().udp6Connect.uses, before + 1, 'the channel was connected through the fast path');
 });
 
@@ -101,13 +108,8 @@ t.test('fallback: with bulkReads off, a bulk transfer stays intact in event mode
 
 t.test('fallback: with udp6Connect off, the namespace dialer still carries IPv6 datagrams (unconnected)', gate, async (t) => {
   disableFastPath('udp6Connect', 'turned off by the test');
-  const tp = await world();
-  const srv = await nsServer(t.teardown, tp, 'ctr', { proto: 'udp', host: '::1' });
-  const dialer = new NetnsDialer({ netnsPath: tp.paths.ctr as string, logger: silentLogger() });
-  t.teardown(() => dialer.close());
   const before = internals().udp6Connect.uses;
-  const ch = await dialer.openUdp({ ip: '::1', port: srv.port });
-  t.teardown(() => ch.close());
+  const ch = await udp6Channel(t);
   const reply = new Promise<string>((r) => ch.onMessage((m) => r(m.toString())));
   ch.send(Buffer.from('over the fallback'));
   t.equal(await reply, 'over the fallback', 'echoed');
