@@ -54,10 +54,15 @@ export interface Dialer {
 /** Wraps a failed connect as a coded error naming the target. */
 export function dialError(target: Endpoint, err: unknown): PortferryError {
   const code = errnoCode(err) ?? 'unknown';
-  return new PortferryError('PF_DIAL_FAILED', `connecting to container ${formatEndpoint(target)} failed: ${code}`, {
-    cause: err,
-    details: { target: formatEndpoint(target), errno: code },
-  });
+  const details = { target: formatEndpoint(target), errno: code };
+  if (code === 'EMFILE' || code === 'ENFILE') {
+    return new PortferryError('PF_DIAL_FAILED', `cannot dial container ${formatEndpoint(target)}: no descriptor left here (${code}), a local shortage`, {
+      cause: err,
+      details,
+      hint: 'Raise the descriptor limit (`ulimit -n`, LimitNOFILE= under systemd) or lower maxConnections; the container is not at fault.',
+    });
+  }
+  return new PortferryError('PF_DIAL_FAILED', `connecting to container ${formatEndpoint(target)} failed: ${code}`, { cause: err, details });
 }
 
 export function dialTimeoutError(target: Endpoint, timeoutMs: number): PortferryError {
