@@ -108,9 +108,13 @@ export interface CliProcess {
   readonly ready: Promise<Record<string, unknown>>;
 }
 
-/** Runs `node bin/portferry ...args` (the built dist). Killed by PID in teardown if still running. */
-export function runCli(teardown: Teardown, args: readonly string[], env: NodeJS.ProcessEnv = {}): CliProcess {
-  const [cmd, argv] = nodeArgv(cliPath, ...args);
+/**
+ * Runs `node bin/portferry ...args` (the built dist), under `prefix` if given (`['prlimit',
+ * '--nofile=40:40']`). Killed by PID in teardown if still running.
+ */
+export function runCli(teardown: Teardown, args: readonly string[], env: NodeJS.ProcessEnv = {}, prefix: readonly string[] = []): CliProcess {
+  const [node, nodeArgs] = nodeArgv(cliPath, ...args);
+  const [cmd, argv] = prefix[0] === undefined ? [node, nodeArgs] : [prefix[0], [...prefix.slice(1), node, ...nodeArgs]];
   const child = spawn(cmd, argv, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
