@@ -117,7 +117,7 @@ t.test('0.0.0.0: each client is answered from the IPv4 address it targeted', ski
   const ns = await makeNamespace(t);
   const fwd = await startForwarder(t, ns, '0.0.0.0');
   const bound = fwd.addresses.map((a) => a.ip);
-  t.ok(['0.0.0.0', '10.201.0.1', '10.201.0.2', '127.0.0.1'].every((ip) => bound.includes(ip)), `a socket per local address plus the wildcard: ${bound.join(' ')}`);
+  t.same([...bound].sort(), ['10.201.0.1', '10.201.0.2', '127.0.0.1'], `a socket per local address and no wildcard socket: ${bound.join(' ')}`);
 
   const control = await ping(ns, '127.0.0.1', 'control', ['10.201.0.1', '10.201.0.2']);
   t.ok(
@@ -132,7 +132,7 @@ t.test('0.0.0.0: each client is answered from the IPv4 address it targeted', ski
     t.equal(r.fromPort, fwd.port, `${r.target}: and from the mapped port`);
   }
 
-  // An address added after the listener started: the wildcard serves it, the re-scan binds it.
+  // An address added after the listener started: the re-scan binds it (until then it is not served).
   await run('ip', ['-n', ns, 'addr', 'add', '10.201.0.3/24', 'dev', 'lo']);
   const [late] = await pollUntil('a reply from 10.201.0.3', () => ping(ns, '127.0.0.1', fwd.port, ['10.201.0.3']), (v) => v[0]?.from === '10.201.0.3');
   t.equal(late?.from, '10.201.0.3', 'an address added later is answered from itself after the re-scan');
@@ -150,7 +150,7 @@ t.test('::: each client is answered from the IPv6 address it targeted', skipUnle
   const ns = await makeNamespace(t);
   const fwd = await startForwarder(t, ns, '::');
   const bound = fwd.addresses.map((a) => a.ip);
-  t.ok(['::', 'fd55::1', 'fd55::2', '::1'].every((ip) => bound.includes(ip)), `a socket per local address plus the wildcard: ${bound.join(' ')}`);
+  t.ok(['fd55::1', 'fd55::2', '::1'].every((ip) => bound.includes(ip)) && !bound.includes('::'), `a socket per local address and no wildcard socket: ${bound.join(' ')}`);
 
   const control = await ping(ns, '::1', 'control', ['fd55::1', 'fd55::2']);
   t.ok(
