@@ -4,107 +4,12 @@
 // it. A naive wildcard echo server in the same place answers from the wrong address: the control
 // proves the setup can tell the difference.
 import t from 'tap';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { spawn } from 'node:child_process';
 import { statSync } from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
-import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import { skipUnless } from '../helpers/env.js';
-
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const fixtures = path.join(root, 'test/fixtures/udp');
-const run = promisify(execFile);
-
-interface Ping {
-  target: string;
-  from: string | null;
-  fromPort: number | null;
-  ok: boolean;
-}
-
-interface HasTeardown {
-  teardown(fn: () => unknown): void;
-}
-
-async function makeNamespace(t: HasTeardown): Promise<string> {
-  const name = `pf-udp-${randomBytes(4).toString('hex')}`;
-  await run('ip', ['netns', 'add', name]);
-  t.teardown(() => run('ip', ['netns', 'del', name]).catch(() => {}));
-  const sh = async (...args: string[]): Promise<void> => void (await run('ip', ['-n', name, ...args]));
-  await sh('link', 'set', 'lo', 'up');
-  for (const a of ['10.201.0.1/24', '10.201.0.2/24']) await sh('addr', 'add', a, 'dev', 'lo');
-  for (const a of ['fd55::1/64', 'fd55::2/64']) await sh('addr', 'add', a, 'dev', 'lo', 'nodad');
-  return name;
-}
-
-interface Forwarder {
-  readonly port: number;
-  readonly addresses: { ip: string; port: number }[];
-  command(cmd: string): Promise<string>;
-}
-
-/** Starts forwarder.mjs inside the namespace; resolves on its `ready` line; killed by PID in teardown. */
-function startForwarder(t: HasTeardown, ns: string, host: string): Promise<Forwarder> {
-  const child: ChildProcess = spawn('ip', ['netns', 'exec', ns, process.execPath, path.join(fixtures, 'forwarder.mjs'), '--host', host, '--rescan-ms', '200'], {
-    stdio: ['pipe', 'pipe', 'inherit'],
-  });
-  t.teardown(() => {
-    if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) process.kill(child.pid, 'SIGKILL');
-  });
-  const lines: string[] = [];
-  const waiters: ((line: string) => void)[] = [];
-  readline.createInterface({ input: child.stdout as NodeJS.ReadableStream }).on('line', (line) => {
-    const w = waiters.shift();
-    if (w) w(line);
-    else lines.push(line);
-  });
-  const nextLine = (what: string): Promise<string> =>
-    new Promise((resolve, reject) => {
-      const queued = lines.shift();
-      if (queued !== undefined) return resolve(queued);
-      const timer = setTimeout(() => reject(new Error(`forwarder in ${ns}: no ${what} within 10 s`)), 10_000);
-      const onExit = (code: number | null): void => reject(new Error(`forwarder in ${ns} exited (${code}) before ${what}`));
-      child.once('exit', onExit);
-      waiters.push((line) => {
-        clearTimeout(timer);
-        child.off('exit', onExit);
-        resolve(line);
-      });
-    });
-  return nextLine('ready line').then((line) => {
-    if (!line.startsWith('ready ')) throw new Error(`forwarder in ${ns} did not start: ${line}`);
-    const ready = JSON.parse(line.slice(6)) as { port: number; addresses: { ip: string; port: number }[] };
-    return {
-      ...ready,
-      command: (cmd: string) => {
-        child.stdin?.write(`${cmd}\n`);
-        return nextLine(`answer to ${cmd}`);
-      },
-    };
-  });
-}
-
-/** Runs client.mjs inside the namespace; one result per target. */
-async function ping(ns: string, bind: string, port: number | 'control', targets: string[]): Promise<Ping[]> {
-  const how = port === 'control' ? ['--control'] : ['--port', String(port)];
-  const { stdout } = await run('ip', ['netns', 'exec', ns, process.execPath, path.join(fixtures, 'client.mjs'), '--bind', bind, ...how, ...targets], { timeout: 20_000 });
-  return stdout
-    .trim()
-    .split('\n')
-    .map((l) => JSON.parse(l) as Ping);
-}
-
-async function pollUntil<T>(what: string, get: () => Promise<T>, ok: (v: T) => boolean, timeoutMs = 8000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await get();
-    if (ok(v)) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; last: ${JSON.stringify(v)}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+import { makeNamespace, ping, pollUntil, root, run, startForwarder } from '../fixtures/udp/netns.js';
 
 t.test('built code is present and not older than the source', async (t) => {
   const built = statSync(path.join(root, 'dist/proxy/udp.js'), { throwIfNoEntry: false });
