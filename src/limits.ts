@@ -4,7 +4,9 @@
 // flood of them takes every descriptor and TCP can no longer accept or dial (issue 14). Two things
 // here:
 //   - raiseNofileLimit(): at start, lift the soft limit to the hard one (as Go's runtime and haproxy
-//     do) and log the figure. Node has no setrlimit, so util-linux `prlimit --pid` does it, once.
+//     do) and log the figure. Node itself already raises it while starting (node.cc PlatformInit),
+//     so this mostly confirms and logs; when the soft limit is still below the hard one (lowered
+//     after start), util-linux `prlimit --pid` lifts it, once (Node has no setrlimit).
 //   - the process-wide UDP flow budget: UDP flows together (all listeners) may hold at most half of
 //     the soft limit; a new flow beyond it is refused (the datagram is dropped, counted as
 //     `descriptor-budget`), existing flows keep working and the other half stays for TCP.

@@ -8,7 +8,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { skipUnless } from '../helpers/env.js';
 import { DescriptorBudget, UDP_FLOW_SHARE, readNofileLimit } from '../../src/limits.js';
-import { makeNamespace, ping, startForwarder } from '../fixtures/udp/netns.js';
+import { makeNamespace, ping, root, startForwarder } from '../fixtures/udp/netns.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -59,4 +59,34 @@ t.test('UDP flows from 400 client ports under a 256-descriptor limit: refused be
   const { opened } = JSON.parse(await fwd.command('hog')) as { opened: number };
   t.ok(opened >= 64, `descriptors are left for TCP accepts and dials (${opened} could still be opened)`);
   await fwd.command('release');
+});
+
+// Node raises the soft limit to the hard one itself at startup, so the script lowers it first
+// (prlimit on its own pid), as a parent or a supervisor could have done after start.
+const RAISE = (root: string, path: string): string => `
+  import { execFileSync } from 'node:child_process';
+  import { raiseNofileLimit, descriptors } from ${JSON.stringify(`${root}/dist/limits.js`)};
+  import { memoryLogger } from ${JSON.stringify(`${root}/dist/log.js`)};
+  execFileSync('prlimit', ['--pid', String(process.pid), '--nofile=256:1024']);
+  process.env.PATH = ${JSON.stringify(path)};
+  const { logger, records } = memoryLogger('info');
+  const got = raiseNofileLimit(logger);
+  console.log(JSON.stringify({ got, budget: descriptors.udpFlowLimit(), records }));`;
+
+async function raiseIn(path: string): Promise<{ got: { soft: number; hard: number }; budget: number; records: Record<string, unknown>[] }> {
+  const { stdout } = await promisify(execFile)('env', ['-u', 'NODE_OPTIONS', process.execPath, '--input-type=module', '-e', RAISE(root, path)], { timeout: 20_000 });
+  return JSON.parse(stdout) as { got: { soft: number; hard: number }; budget: number; records: Record<string, unknown>[] };
+}
+
+t.test('raiseNofileLimit lifts the soft limit to the hard one and logs the figure', skipUnless({ tools: ['prlimit'] }), async (t) => {
+  const out = await raiseIn(process.env['PATH'] ?? '/usr/bin:/bin');
+  t.same(out.got, { soft: 1024, hard: 1024 });
+  t.equal(out.budget, 512, 'the UDP flow budget follows the raised limit');
+  t.match(out.records, [{ level: 30, msg: 'descriptor limit', nofile: 1024, hard: 1024, raisedFrom: 256, udpFlowBudget: 512 }]);
+});
+
+t.test('raiseNofileLimit without prlimit: a warning, and the process runs with its soft limit', skipUnless({ tools: ['prlimit'] }), async (t) => {
+  const out = await raiseIn('/nonexistent');
+  t.equal(out.got.soft, 256);
+  t.match(out.records, [{ level: 40, err: 'ENOENT' }, { level: 30, msg: 'descriptor limit', nofile: 256, udpFlowBudget: 128 }]);
 });
