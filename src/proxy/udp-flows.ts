@@ -335,20 +335,10 @@ export class UdpFlows {
     flow.pending = null;
     flow.channel?.close();
     flow.channel = null;
-    if (this.logger.isLevelEnabled('debug')) {
-      this.logger.debug(
-        {
-          client: formatEndpoint(flow),
-          reason,
-          datagramsToContainer: flow.datagramsToContainer,
-          datagramsToClient: flow.datagramsToClient,
-          bytesToContainer: flow.bytesToContainer,
-          bytesToClient: flow.bytesToClient,
-          durationMs: Date.now() - flow.createdAt,
-        },
-        'udp flow end',
-      );
-    }
+    if (!this.logger.isLevelEnabled('debug')) return;
+    const { datagramsToContainer, datagramsToClient, bytesToContainer, bytesToClient } = flow;
+    const fields = { client: formatEndpoint(flow), reason, datagramsToContainer, datagramsToClient, bytesToContainer, bytesToClient };
+    this.logger.debug({ ...fields, durationMs: Date.now() - flow.createdAt }, 'udp flow end');
   }
 }
 
