@@ -5,7 +5,7 @@
 import { execFile } from 'node:child_process';
 import cluster from 'node:cluster';
 import os from 'node:os';
-import { InvalidArgumentError, Option, type Command } from 'commander';
+import { InvalidArgumentError, type Command } from 'commander';
 import type { Mapping } from '../api.js';
 import { DEFAULTS } from '../config/defaults.js';
 import { defaultApiSocket } from '../control/client.js';
@@ -20,7 +20,7 @@ import { Forwarder } from '../forwarder/forwarder.js';
 import { logReady } from '../forwarder/ready.js';
 import { WorkerEngine, runWorker } from '../forwarder/workers.js';
 import { createLogger, type LogFormat, type LogLevel, type Logger } from '../log.js';
-import { EXIT_FAILURE, EXIT_OK, durationArg, loadFromFlags, logFormatArg, logLevelArg, mappingOptions, reportError, type MappingFlags } from './common.js';
+import { EXIT_FAILURE, EXIT_OK, durationOption, loadFromFlags, logFormatArg, logLevelArg, mappingOptions, reportError, type MappingFlags } from './common.js';
 import { VERSION } from '../version.js';
 
 interface RunFlags extends MappingFlags {
@@ -53,7 +53,7 @@ export function registerRunCommand(program: Command): void {
     .command('run')
     .description('forward the given mappings until SIGTERM/SIGINT; with --api, take more at runtime');
   mappingOptions(cmd)
-    .addOption(new Option('--drain-timeout <duration>', 'on SIGTERM/SIGINT, let open connections finish for this long').argParser(durationArg).default(DEFAULTS.drainTimeoutMs, '10s'))
+    .addOption(durationOption('--drain-timeout <duration>', 'on SIGTERM/SIGINT, let open connections finish for this long', DEFAULTS.drainTimeoutMs ?? 10_000))
     .option('--api [path]', `serve the runtime API on this unix socket (rootlesskit-compatible /v1/ports and native /v1/mappings; default ${defaultApiSocket()})`)
     .option('--metrics <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464)', metricsArg)
     .option('--state <file>', 'keep the mappings added at runtime in this file (atomic writes) and restore them, same ids, on the next start')
@@ -79,7 +79,7 @@ async function loadCommandLine(flags: RunFlags, mayBeEmpty: boolean): Promise<re
   try {
     return await loadFromFlags(flags);
   } catch (err) {
-    if (mayBeEmpty && isPortferryError(err) && err.code === 'PF_NO_MAPPINGS' && flags.publish.length === 0 && flags.config === undefined) return [];
+    if (mayBeEmpty && isPortferryError(err) && err.code === 'PF_NO_MAPPINGS' && (flags.publish ?? []).length === 0 && flags.config === undefined) return [];
     throw err;
   }
 }
