@@ -90,21 +90,26 @@ const ATTACKER = `
     process.stdin.on('end', () => { console.log(JSON.stringify({ received })); process.exit(0); });
   })();`;
 
-t.test('another user cannot take over the port: its SO_REUSEADDR binds fail, the container gets the traffic', skipUnless({ root: true, tools: ['ip', 'setpriv'] }), async (t) => {
-  const ns = await makeNamespace(t);
-  const fwd = await startForwarder(t, ns, '0.0.0.0');
-  const attacker = spawn('ip', ['netns', 'exec', ns, 'setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', 'env', '-u', 'NODE_OPTIONS', process.execPath, '-e', ATTACKER, String(fwd.port), '127.0.0.1', '10.201.0.1', '0.0.0.0'], {
-    stdio: ['pipe', 'pipe', 'inherit'],
+for (const [family, host, targets] of [
+  ['IPv4', '0.0.0.0', ['127.0.0.1', '10.201.0.1']],
+  ['IPv6', '::', ['::1', 'fd55::1']],
+] as const) {
+  t.test(`${family}: another user cannot take over the port: its SO_REUSEADDR binds fail, the container gets the traffic`, skipUnless({ root: true, tools: ['ip', 'setpriv'] }), async (t) => {
+    const ns = await makeNamespace(t);
+    const fwd = await startForwarder(t, ns, host);
+    const attacker = spawn('ip', ['netns', 'exec', ns, 'setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', 'env', '-u', 'NODE_OPTIONS', process.execPath, '-e', ATTACKER, String(fwd.port), ...targets, host], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    });
+    t.teardown(() => {
+      if (attacker.pid !== undefined && attacker.exitCode === null && attacker.signalCode === null) process.kill(attacker.pid, 'SIGKILL');
+    });
+    const lines = readline.createInterface({ input: attacker.stdout as NodeJS.ReadableStream })[Symbol.asyncIterator]();
+    const binds = JSON.parse(String((await lines.next()).value)) as Record<string, string>;
+    t.same(binds, Object.fromEntries([...targets, host].map((ip) => [ip, 'EADDRINUSE'])), `nobody's binds of the port fail (${JSON.stringify(binds)})`);
+    const results = await ping(ns, targets[0], fwd.port, [...targets]);
+    for (const r of results) t.ok(r.ok && r.from === r.target, `${r.target}: the container answered, from the address the client targeted (${r.from})`);
+    attacker.stdin?.end();
+    const { received } = JSON.parse(String((await lines.next()).value)) as { received: number };
+    t.equal(received, 0, 'the other user received nothing');
   });
-  t.teardown(() => {
-    if (attacker.pid !== undefined && attacker.exitCode === null && attacker.signalCode === null) process.kill(attacker.pid, 'SIGKILL');
-  });
-  const lines = readline.createInterface({ input: attacker.stdout as NodeJS.ReadableStream })[Symbol.asyncIterator]();
-  const binds = JSON.parse(String((await lines.next()).value)) as Record<string, string>;
-  t.same(binds, { '127.0.0.1': 'EADDRINUSE', '10.201.0.1': 'EADDRINUSE', '0.0.0.0': 'EADDRINUSE' }, `nobody's binds of the port fail (${JSON.stringify(binds)})`);
-  const results = await ping(ns, '127.0.0.1', fwd.port, ['127.0.0.1', '10.201.0.1']);
-  for (const r of results) t.ok(r.ok && r.from === r.target, `${r.target}: the container answered, from the address the client targeted (${r.from})`);
-  attacker.stdin?.end();
-  const { received } = JSON.parse(String((await lines.next()).value)) as { received: number };
-  t.equal(received, 0, 'the other user received nothing');
-});
+}
