@@ -51,10 +51,11 @@ export interface HostSocketEvents {
 // late, after its client may have gone. 4 MiB (8 MiB in the kernel's accounting, ~11,000 small
 // datagrams, a quarter of a second at full rate) kept feeding a finished client's flow long enough
 // for the next client's server to lock onto it (issue 13/14, the iperf3 back-to-back hang). The
-// size is chosen by measurement (docs/architecture.md, "UDP buffer sizes"): datagrams/s at the
-// container do not grow with the buffer; back-to-back iperf3 runs hang from 512 KiB up and pass at
-// 256 KiB and below; the kernel default (208 KiB, not doubled) loses the first datagrams of a burst
-// of 50 new clients that 256 KiB (512 KiB accounted) absorbs. Replies are sent at once (when the
+// size is chosen by measurement (docs/architecture.md, "UDP buffer sizes"): back-to-back iperf3
+// runs hang from 512 KiB up and pass at 256 KiB and below; the kernel default (208 KiB, not
+// doubled) loses the first datagrams of a burst of 50 new clients that 256 KiB (512 KiB
+// accounted) absorbs. A bigger buffer only helps when the forwarder is starved of CPU (it keeps
+// more of a burst for later, which is exactly the staleness above). Replies are sent at once (when the
 // socket is full they are dropped and counted), so the send buffer keeps the kernel default.
 const HOST_RECV_BUFFER = 256 * 1024;
 const DEFAULT_RESCAN_MS = 10_000;
