@@ -17,6 +17,7 @@ import { formatHostPort } from '../addr.js';
 import type { StatsRow } from '../forwarder/engine.js';
 import { PortferryError, isPortferryError } from '../errors.js';
 import { Forwarder } from '../forwarder/forwarder.js';
+import { selfTest } from '../internals.js';
 import { logReady } from '../forwarder/ready.js';
 import { WorkerEngine, runWorker } from '../forwarder/workers.js';
 import { createLogger, type LogFormat, type LogLevel, type Logger } from '../log.js';
@@ -90,6 +91,10 @@ async function serve(flags: RunFlags, logger: Logger): Promise<number | undefine
   let forwarder: Forwarder | null = null;
   let api: ApiServer | null = null;
   let metrics: MetricsServer | null = null;
+  const fastPaths = await selfTest();
+  for (const [name, status] of Object.entries(fastPaths)) {
+    if (!status.on) logger.warn({ fastPath: name, why: status.why }, 'a fast path of the data path is off; the public Node API is used instead (slower, same bytes)');
+  }
   try {
     const mappings = await loadCommandLine(flags, apiPath !== undefined || flags.state !== undefined);
     // A state file that cannot be used stops the start before anything is bound.
@@ -114,7 +119,7 @@ async function serve(flags: RunFlags, logger: Logger): Promise<number | undefine
     return reportError(err);
   }
   const running = forwarder;
-  logReady(logger, running, { ...(api !== null ? { api: api.socketPath } : {}), ...(metrics !== null ? { metrics: formatHostPort(metrics.address.ip, metrics.address.port) } : {}), ...(flags.state !== undefined ? { state: flags.state } : {}) });
+  logReady(logger, running, { fastPaths: Object.fromEntries(Object.entries(fastPaths).map(([k, v]) => [k, v.on])), ...(api !== null ? { api: api.socketPath } : {}), ...(metrics !== null ? { metrics: formatHostPort(metrics.address.ip, metrics.address.port) } : {}), ...(flags.state !== undefined ? { state: flags.state } : {}) });
   notifySystemd(logger);
 
   let stopping = false;
