@@ -104,3 +104,4 @@ t.test('nftables backend: traffic, CHECK, DEL leaves no table', gate, async (t) 
   t.equal(await exchange(inNetns(w.client), 'tcp', w.hostClient4, 8080), 'failed: ECONNREFUSED', 'after DEL: 8080 closed');
   t.equal((await runPlugin(PORTFERRY_CNI, { command: 'DEL', ...call }, ours, w.host)).code, 0, 'DEL twice succeeds');
 });
+

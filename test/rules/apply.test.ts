@@ -128,3 +128,18 @@ t.test('without conntrack, apply succeeds with a clear warning', skipUnless({ ro
   const withIt = await applyRules(A, 'nftables', inside);
   t.same(withIt.warnings, A.warnings, 'with conntrack: no warning of its own (UDP entries flushed, nothing matched)');
 });
+
+// A CNI runtime may run ADD for different containers at once. Each apply reads the live table and
+// then writes it; without the rules lock, parallel applies on a fresh table each declared the
+// shared chains (a --noflush restore that declares a chain flushes it): 5 of these 6 containers
+// lost their entry rule (checked with the lock switched off).
+t.test('six applies at once: every container\'s rules are there (the rules lock)', skipUnless({ root: true, tools: ['ip', 'iptables', 'nft'] }), async (t) => {
+  for (const backend of ['iptables', 'nftables'] as const) {
+    const ns = makeNs(t, 'par');
+    const runner = nsRunner(ns);
+    const inputs = Array.from({ length: 6 }, (_, i) => input(`par${i}`, [`10.88.0.${i + 2}/24`], [{ hostPort: 8000 + i, containerPort: 80, protocol: 'tcp' }]));
+    await Promise.all(inputs.map((x) => applyRules(x, backend, runner)));
+    const checks = await Promise.all(inputs.map((x) => checkRules(x, backend, runner)));
+    t.same(checks.map((c) => c.missing), inputs.map(() => []), `${backend}: nothing missing for any container`);
+  }
+});
