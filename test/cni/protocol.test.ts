@@ -66,6 +66,16 @@ t.test('bad input: CNI error JSON with the right code, exit 1, nothing changed',
   t.equal(await state(), before, 'no rule and no table appeared');
 });
 
+t.test('STATUS of the kernel backends: 0 with their tools on PATH, 50 without', async (t) => {
+  const status = (backend: string): string => JSON.stringify({ cniVersion: '1.1.0', name: 'pfnet', type: 'portferry', backend });
+  for (const backend of ['iptables', 'nftables']) {
+    const up = await runPlugin(PORTFERRY_CNI, { command: 'STATUS', path: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' }, status(backend));
+    t.equal(up.code, 0, `${backend}: ${up.stdout}`);
+    const down = await runPlugin(PORTFERRY_CNI, { command: 'STATUS', path: '/nonexistent' }, status(backend));
+    t.match(down.json, { cniVersion: '1.1.0', code: 50, msg: /PF_RULES_TOOL_MISSING: the .* backend needs/ }, `${backend} without its tools: 50`);
+  }
+});
+
 t.test('results in the configuration\'s version; the sandbox interface\'s addresses as portmap picks them', async (t) => {
   const v04 = resultFor({ ...prevResult, cniVersion: '0.4.0' }, '0.4.0');
   t.same((v04['ips'] as unknown[])[0], { interface: 1, address: '10.88.0.2/16', gateway: '10.88.0.1', version: '4' }, '0.4.0: ips carry version');

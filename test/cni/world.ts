@@ -34,6 +34,8 @@ export interface CallEnv {
   readonly ifname?: string;
   /** Variables to drop from the environment (to test their absence). */
   readonly without?: readonly string[];
+  /** PATH for the plugin (default: ours). */
+  readonly path?: string;
 }
 
 /** Runs a plugin binary as libcni does (CNI_ env, config on stdin, cwd /), optionally inside a namespace. */
@@ -45,12 +47,13 @@ export async function runPlugin(plugin: string, call: CallEnv, stdin: string, ns
     ...(call.containerID !== undefined ? { CNI_CONTAINERID: call.containerID } : {}),
     ...(call.netns !== undefined ? { CNI_NETNS: call.netns } : {}),
     ...(call.ifname !== undefined ? { CNI_IFNAME: call.ifname } : {}),
+    ...(call.path !== undefined ? { PATH: call.path } : {}),
   };
   delete env['NODE_OPTIONS']; // tap's hook: run the plugin as a runtime would
   for (const k of call.without ?? []) delete env[k];
   const argv = plugin.endsWith('.js') ? [process.execPath, plugin] : [plugin];
   const full = ns === undefined ? argv : ['ip', 'netns', 'exec', ns, ...argv];
-  const r = await execCommand(['env', '-C', '/', ...full], { input: stdin, env, timeoutMs: 60_000 });
+  const r = await execCommand(['/usr/bin/env', '-C', '/', ...full], { input: stdin, env, timeoutMs: 60_000 });
   let json: Record<string, unknown> | null = null;
   try {
     json = r.stdout.trim() === '' ? null : (JSON.parse(r.stdout) as Record<string, unknown>);
