@@ -1,13 +1,14 @@
 // The iptables and nftables backends of the plugin: what portmap does, through src/rules.
 // ADD installs, CHECK verifies, DEL removes (with or without prevResult), STATUS says whether the
-// tools are there; GC does nothing (portmap has none; nftables rules carry no network name, so
-// rules of another network's containers could not be told apart).
+// tools are there. GC (portmap has none): iptables removes the chains of this network's containers
+// that are not valid attachments (the entry rules' comments name network and container); nftables
+// does nothing, as its rules carry only the container ID and another network's could not be told apart.
 import { commandOnPath } from '../exec.js';
 import { PortferryError } from '../errors.js';
-import { applyRules, backendProblems, checkRules, deleteRules, BACKENDS } from '../rules/apply.js';
+import { applyRules, backendProblems, checkRules, collectRules, deleteRules, BACKENDS } from '../rules/apply.js';
 import { fromCniPortMappings, parseContainerCidr, type PortmapInput } from '../rules/model.js';
 import type { CniCall } from './call.js';
-import { sandboxAddresses } from './protocol.js';
+import { sandboxAddresses, validAttachments } from './protocol.js';
 
 function backendOf(call: CniCall): 'iptables' | 'nftables' {
   return call.plugin.backend === 'nftables' ? 'nftables' : 'iptables';
@@ -70,6 +71,8 @@ export async function status(call: CniCall): Promise<void> {
   }
 }
 
-export async function gc(): Promise<void> {
-  // Nothing: see the note at the top.
+export async function gc(call: CniCall): Promise<void> {
+  const keep = new Set(validAttachments(call.conf).map((a) => a.containerID));
+  const removed = await collectRules(call.conf.name, keep, backendOf(call));
+  if (removed.length > 0) call.warn(`GC removed the ${backendOf(call)} rules of ${removed.join(', ')}`);
 }

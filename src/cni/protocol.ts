@@ -178,3 +178,13 @@ export function sandboxAddresses(prevResult: Readonly<Record<string, unknown>>, 
     return a === undefined ? [] : [a];
   });
 }
+
+/** GC's `cni.dev/valid-attachments`: the attachments that stay (malformed entries are skipped). */
+export function validAttachments(conf: NetConf): { containerID: string; ifname: string }[] {
+  const list = conf.raw['cni.dev/valid-attachments'];
+  if (!Array.isArray(list)) return [];
+  return (list as unknown[]).flatMap((a) => {
+    const o = (typeof a === 'object' && a !== null ? a : {}) as Record<string, unknown>;
+    return typeof o['containerID'] === 'string' && typeof o['ifname'] === 'string' ? [{ containerID: o['containerID'], ifname: o['ifname'] }] : [];
+  });
+}

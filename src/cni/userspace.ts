@@ -11,7 +11,7 @@ import { ApiClient, defaultApiSocket, type MappingStatus } from '../control/clie
 import { PortferryError } from '../errors.js';
 import { fromCniPortMappings, parseContainerCidr, type ContainerNet } from '../rules/model.js';
 import type { CniCall } from './call.js';
-import { sandboxAddresses } from './protocol.js';
+import { sandboxAddresses, validAttachments } from './protocol.js';
 
 function client(call: CniCall): ApiClient {
   return new ApiClient(call.plugin.api ?? defaultApiSocket());
@@ -113,14 +113,7 @@ export async function check(call: CniCall): Promise<void> {
 }
 
 export async function gc(call: CniCall): Promise<void> {
-  const valid = call.conf.raw['cni.dev/valid-attachments'];
-  const keep = new Set<string>();
-  if (Array.isArray(valid)) {
-    for (const a of valid as unknown[]) {
-      const o = (typeof a === 'object' && a !== null ? a : {}) as Record<string, unknown>;
-      if (typeof o['containerID'] === 'string' && typeof o['ifname'] === 'string') keep.add(ownerOf(o['containerID'], o['ifname']));
-    }
-  }
+  const keep = new Set(validAttachments(call.conf).map((a) => ownerOf(a.containerID, a.ifname)));
   const api = client(call);
   const prefix = namePrefix(call.conf.name);
   const stale = new Set<string>();

@@ -62,3 +62,18 @@ export interface DeleteResult {
 export async function deleteRules(who: ContainerRef, backend: Backend, runner: CommandRunner = localRunner): Promise<DeleteResult> {
   return { scripts: await withRulesLock(() => BACKENDS[backend].remove(who, runner)) };
 }
+
+/**
+ * Removes the rules of every container of `network` not in `keep` (CNI GC). Only backends whose
+ * rules name the network can tell; the others (nftables) remove nothing. Returns the IDs removed.
+ */
+export async function collectRules(network: string, keep: ReadonlySet<string>, backend: Backend, runner: CommandRunner = localRunner): Promise<string[]> {
+  const b = BACKENDS[backend];
+  if (b.containers === undefined) return [];
+  const list = b.containers.bind(b);
+  return withRulesLock(async () => {
+    const stale = (await list(network, runner)).filter((id) => !keep.has(id));
+    for (const containerID of stale) await b.remove({ network, containerID }, runner);
+    return stale;
+  });
+}

@@ -23,6 +23,8 @@ export interface RulesBackend {
   check(input: PortmapInput, runner: CommandRunner): Promise<string[]>;
   /** Removes the container's rules; returns the scripts it ran (none when nothing was there). */
   remove(who: ContainerRef, runner: CommandRunner): Promise<string[]>;
+  /** The IDs of the containers of a network that have rules, where the rules name the network (iptables). */
+  containers?(network: string, runner: CommandRunner): Promise<string[]>;
 }
 
 /** `iptables`, `nftables`, or `nft` (an alias); null for anything else. */

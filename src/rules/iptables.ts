@@ -149,4 +149,24 @@ async function remove(who: ContainerRef, runner: CommandRunner): Promise<string[
   return scripts;
 }
 
-export const iptablesBackend: RulesBackend = { name: 'iptables', tools: ['iptables-restore', 'iptables', 'iptables-save'], apply, check, remove };
+/** Containers of `network` with entry rules, from the comments (`dnat name: "NET" id: "ID"`), both families. */
+async function containers(network: string, runner: CommandRunner): Promise<string[]> {
+  const found = new Set<string>();
+  for (const family of [4, 6] as const) {
+    let listing: NatListing;
+    try {
+      listing = await listNat(runner, family);
+    } catch (e) {
+      if (e instanceof PortferryError && e.code === 'PF_RULES_APPLY') continue; // that family's iptables is unusable
+      throw e;
+    }
+    for (const line of listing.lines) {
+      if (!line.startsWith(`-A ${TOP_DNAT_CHAIN} `)) continue;
+      const m = /--comment "dnat name: \\"(.*?)\\" id: \\"(.*?)\\""/.exec(line);
+      if (m?.[1] === network && m[2] !== undefined) found.add(m[2]);
+    }
+  }
+  return [...found];
+}
+
+export const iptablesBackend: RulesBackend = { name: 'iptables', tools: ['iptables-restore', 'iptables', 'iptables-save'], apply, check, remove, containers };

@@ -105,3 +105,37 @@ t.test('nftables backend: traffic, CHECK, DEL leaves no table', gate, async (t) 
   t.equal((await runPlugin(PORTFERRY_CNI, { command: 'DEL', ...call }, ours, w.host)).code, 0, 'DEL twice succeeds');
 });
 
+
+t.test('GC (iptables): removes this network\'s containers that are not valid attachments, nothing else', gate, async (t) => {
+  const host = makeNs(t, 'gc');
+  const add = async (network: string, id: string, i: number): Promise<void> => {
+    const conf = JSON.stringify({
+      cniVersion: '1.1.0',
+      name: network,
+      type: 'portferry',
+      backend: 'iptables',
+      runtimeConfig: { portMappings: [{ hostPort: 8000 + i, containerPort: 80, protocol: 'tcp' }] },
+      prevResult: { cniVersion: '1.1.0', interfaces: [{ name: IFNAME, sandbox: '/run/netns/none' }], ips: [{ interface: 0, address: `10.199.7.${i + 2}/24` }] },
+    });
+    const r = await runPlugin(PORTFERRY_CNI, { command: 'ADD', containerID: id, netns: '/run/netns/none', ifname: IFNAME }, conf, host);
+    t.equal(r.code, 0, `ADD ${network}/${id}: ${r.stdout}`);
+  };
+  await add(NETWORK, 'keep1', 0);
+  await add(NETWORK, 'stale1', 1);
+  await add(NETWORK, 'stale2', 2);
+  await add('othernet', 'stale1', 3);
+  const gc = await runPlugin(
+    PORTFERRY_CNI,
+    { command: 'GC' },
+    JSON.stringify({ cniVersion: '1.1.0', name: NETWORK, type: 'portferry', backend: 'iptables', 'cni.dev/valid-attachments': [{ containerID: 'keep1', ifname: IFNAME }] }),
+    host,
+  );
+  t.equal(gc.code, 0, gc.stdout + gc.stderr);
+  t.equal(gc.stdout, '', 'GC prints nothing on stdout');
+  const dump = await natDump(host, 4);
+  t.match(dump, dnatChainName(NETWORK, 'keep1'), 'the valid attachment stays');
+  t.notMatch(dump, dnatChainName(NETWORK, 'stale1'), 'stale1 of this network is gone');
+  t.notMatch(dump, dnatChainName(NETWORK, 'stale2'), 'stale2 is gone');
+  t.notMatch(dump, /id: \\"stale2\\"/, 'with its entry rule');
+  t.match(dump, dnatChainName('othernet', 'stale1'), 'the same container ID on another network stays');
+});
