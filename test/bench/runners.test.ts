@@ -2,21 +2,24 @@
 // listening, or a listener that swallows everything), every workload reports a failure with the
 // reason, never a number. Against the container directly they report positive figures.
 import t from 'tap';
-import { rmSync } from 'node:fs';
+import { readFileSync, readdirSync, rmSync } from 'node:fs';
 import { skipUnless } from '../helpers/env.js';
 import { createTopology } from '../../src/netns/topology.js';
-import { buildPfgen } from '../../bench/env.js';
-import { BACKEND } from '../../bench/paths.js';
-import { startBackends } from '../../bench/run.js';
-import { runBulk, runConnections, runIdle, runRequestResponse, runUdp, type RunContext, type Target } from '../../bench/workloads.js';
-import { LineReader, stopTree } from '../../bench/proc.js';
+import { buildPfgen } from '../../src/bench/env.js';
+import { BACKEND } from '../../src/bench/path-kit.js';
+import { startBackends } from '../../src/bench/backends.js';
+import { runBulk, runConnections, runIdle, runPinned, runRequestResponse, runUdp, type RunContext, type Target } from '../../src/bench/workloads.js';
+import { LineReader, allowedCpuList, lastCpu, stopTree, threadAffinities } from '../../src/bench/proc.js';
 
 t.test('runners: real figures direct, failures (with reasons) on dead and black-holed paths', skipUnless({ root: true, tools: ['ip', 'iperf3', 'cc', 'socat', 'prlimit', 'ss'] }), async (t) => {
   const built = buildPfgen();
   t.teardown(() => rmSync(built.dir, { recursive: true, force: true }));
   const topo = await createTopology({ client: true, ipv6: false, mode: 'root' });
   t.teardown(() => topo.destroy());
-  const { sink } = await startBackends(topo, built.binary, () => {});
+  const backendPids: number[] = [];
+  const { sink } = await startBackends(topo, built.binary, (c) => {
+    if (c.pid !== undefined) backendPids.push(c.pid);
+  });
   const ctx: RunContext = {
     topology: topo,
     pfgen: built.binary,
@@ -24,6 +27,8 @@ t.test('runners: real figures direct, failures (with reasons) on dead and black-
     durations: { bulkSeconds: 1, otherSeconds: 0.3, idleConnections: 50, cpsThreads: 2 },
     forwarderPids: null,
     graceMs: 8000,
+    backendPids,
+    pinnedCpu: lastCpu(allowedCpuList()),
   };
   const target = (ip: string, bulkPort: number, tcpPort: number, udpPort: number): Target => ({ ns: 'client', ip, bulkPort, tcpPort, udpPort });
 
@@ -69,4 +74,72 @@ t.test('runners: real figures direct, failures (with reasons) on dead and black-
   }
   await expectFail('rr, black hole', runRequestResponse(ctx, hole), /after 0 transactions/);
   await expectFail('udp, black hole', runUdp(ctx, hole, 1400), /none of \d+ datagrams arrived at the container/);
+});
+
+/** The PIDs of running `pfgen <mode> …` processes (any namespace: one PID namespace). */
+function pfgenPids(binary: string, mode: string): number[] {
+  const found: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const argv = readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0');
+      if (argv[0] === binary && argv[1] === mode) found.push(Number(name));
+    } catch {
+      // exited
+    }
+  }
+  return found;
+}
+
+const all = allowedCpuList();
+const needs = skipUnless({ root: true, tools: ['ip', 'iperf3', 'cc', 'prlimit', 'ss', 'taskset'] });
+const oneCpu = /[-,]/.test(all) ? {} : { skip: `only CPU ${all} is allowed: pinned and unpinned cannot be told apart` };
+t.test('pinned workloads: client, forwarder (every thread) and servers on one CPU while they run, all CPUs again after', { ...oneCpu, ...needs }, async (t) => {
+  const built = buildPfgen();
+  t.teardown(() => rmSync(built.dir, { recursive: true, force: true }));
+  const topo = await createTopology({ client: true, ipv6: false, mode: 'root' });
+  t.teardown(() => topo.destroy());
+  const backendPids: number[] = [];
+  const { sink } = await startBackends(topo, built.binary, (c) => {
+    if (c.pid !== undefined) backendPids.push(c.pid);
+  });
+  // A stand-in forwarder with several threads (node: libuv's pool, V8's workers).
+  const fwd = topo.spawn('host', process.execPath, ['-e', 'console.log("up"); setInterval(() => {}, 1000)'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  t.teardown(() => stopTree(fwd.pid === undefined ? [] : [fwd.pid]));
+  t.equal(await new LineReader(fwd.stdout).waitFor((l) => l === 'up', 10_000), 'up', 'the stand-in forwarder runs');
+  const fwdPid = fwd.pid as number;
+  const cpu = lastCpu(all);
+  const ctx: RunContext = {
+    topology: topo,
+    pfgen: built.binary,
+    sink,
+    durations: { bulkSeconds: 1, otherSeconds: 1, idleConnections: 10, cpsThreads: 4 },
+    forwarderPids: [fwdPid],
+    graceMs: 8000,
+    backendPids,
+    pinnedCpu: cpu,
+  };
+  const direct: Target = { ns: 'client', ip: topo.addrs.ctr4, bulkPort: BACKEND.bulkPort, tcpPort: BACKEND.tcpPort, udpPort: BACKEND.udpPort };
+  t.ok(threadAffinities(fwdPid).every((a) => a === all), `before: the forwarder may use ${all}`);
+
+  let during: string[] = [];
+  let client: string[] = [];
+  const sample = await runPinned(ctx, async (pinned) => {
+    t.equal(pinned.clientCpu, cpu, 'the client is told to pin');
+    during = [fwdPid, ...backendPids].flatMap((p) => threadAffinities(p));
+    const run = runConnections(pinned, direct);
+    // Catch the client while it runs and read its threads' affinity.
+    for (let i = 0; i < 100 && client.length === 0; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+      client = pfgenPids(built.binary, 'cps').flatMap((p) => threadAffinities(p));
+    }
+    return run;
+  });
+  t.ok(sample.ok && (sample.metrics['cps'] ?? 0) > 0, `pinned connections measured: ${JSON.stringify(sample)}`);
+  t.ok(during.length > backendPids.length + 1, `every thread counted (${during.length})`);
+  t.same([...new Set(during)], [String(cpu)], `forwarder threads and servers on CPU ${cpu} during the run`);
+  t.ok(client.length > 0, 'the client was seen running');
+  t.same([...new Set(client)], [String(cpu)], `the client's threads on CPU ${cpu}`);
+  const after = [fwdPid, ...backendPids].flatMap((p) => threadAffinities(p));
+  t.same([...new Set(after)], [all], `all CPUs (${all}) again afterwards`);
 });

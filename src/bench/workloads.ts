@@ -2,9 +2,9 @@
 // namespace against one target, checks that the measurement is real (bytes received, transactions
 // answered, connections completed, datagrams counted at the container) and returns a Sample: the
 // figures, or a failure with the reason. A path that moves no data never yields a number.
-import type { Topology, NsName } from '../src/netns/topology.js';
+import type { Topology, NsName } from '../netns/topology.js';
 import { withNofile } from './env.js';
-import { LineReader, finish, lastJson, treeCpuSeconds, treeRssKiB } from './proc.js';
+import { LineReader, allowedCpuList, finish, lastJson, setAffinity, treeCpuSeconds, treeRssKiB } from './proc.js';
 import type { Sample, WorkloadId } from './types.js';
 
 /** Where a load generator connects to: the forwarder's (or the container's) address and ports. */
@@ -24,7 +24,7 @@ export interface Durations {
   readonly bulkSeconds: number;
   readonly otherSeconds: number;
   readonly idleConnections: number;
-  /** Client threads for the connections-per-second generator. */
+  /** Parallel loops (threads) of the connections-per-second generator. */
   readonly cpsThreads: number;
 }
 
@@ -44,6 +44,12 @@ export interface RunContext {
   readonly forwarderPids: readonly number[] | null;
   /** Extra time a client may take beyond its duration before it is killed and the cell fails. */
   readonly graceMs: number;
+  /** The servers in the container namespace, pinned with the forwarder by the `-pinned` workloads. */
+  readonly backendPids: readonly number[];
+  /** The CPU the `-pinned` workloads pin client, forwarder and servers to. */
+  readonly pinnedCpu: number;
+  /** Set while a `-pinned` workload runs: its client runs under `taskset -c` on this CPU. */
+  readonly clientCpu?: number;
 }
 
 
@@ -58,7 +64,8 @@ function clientOutput(stdout: string, stderr: string): string {
 
 async function runClient(ctx: RunContext, ns: NsName, argv: readonly string[], seconds: number): Promise<{ json: Record<string, unknown> | null; problem: string | null; stdout: string }> {
   const cmd = argv[0] ?? '';
-  const child = ctx.topology.spawn(ns, ...withNofile(argv), { stdio: ['ignore', 'pipe', 'pipe'] });
+  const pinned = ctx.clientCpu === undefined ? argv : ['taskset', '-c', String(ctx.clientCpu), ...argv];
+  const child = ctx.topology.spawn(ns, ...withNofile(pinned), { stdio: ['ignore', 'pipe', 'pipe'] });
   const done = await finish(child, seconds * 1000 + ctx.graceMs);
   if (done.timedOut) return { json: null, problem: `${cmd.split('/').pop() ?? cmd} did not finish within ${Math.round(seconds + ctx.graceMs / 1000)} s`, stdout: done.stdout };
   return { json: lastJson(done.stdout), problem: done.code === 0 ? null : `${cmd.split('/').pop() ?? cmd} exited with ${done.code ?? done.signal}: ${clientOutput(done.stdout, done.stderr)}`, stdout: done.stdout };
@@ -183,6 +190,25 @@ export async function runUdp(ctx: RunContext, target: Target, size: number): Pro
   return { ok: true, metrics: { kpps: got.datagrams / secs / 1000, lossPct: (1 - got.datagrams / sent) * 100, sent } };
 }
 
+// -- everything on one CPU ----------------------------------------------------------------------------
+
+/**
+ * Runs a workload with the client, the forwarder's whole process tree (every thread) and the
+ * servers pinned to one CPU with taskset: the per-CPU cost of a connection or a round trip, free
+ * of scheduling noise and of how well a forwarder spreads over cores. The affinity is given back
+ * afterwards (the CPUs this process may use), whatever happened.
+ */
+export async function runPinned(ctx: RunContext, run: (pinnedCtx: RunContext) => Promise<Sample>): Promise<Sample> {
+  const roots = [...(ctx.forwarderPids ?? []), ...ctx.backendPids];
+  try {
+    const problem = setAffinity(roots, String(ctx.pinnedCpu));
+    if (problem !== null) return fail(`could not pin to CPU ${ctx.pinnedCpu}: ${problem}`);
+    return await run({ ...ctx, clientCpu: ctx.pinnedCpu });
+  } finally {
+    setAffinity(roots, allowedCpuList());
+  }
+}
+
 /** Runs one workload against one target. */
 export function runWorkload(ctx: RunContext, w: WorkloadId, targets: { readonly client: Target; readonly local: Target }): Promise<Sample> {
   switch (w) {
@@ -196,8 +222,12 @@ export function runWorkload(ctx: RunContext, w: WorkloadId, targets: { readonly 
       return runBulk(ctx, targets.local, { reverse: false, streams: 1, cpu: false });
     case 'rr':
       return runRequestResponse(ctx, targets.client);
+    case 'rr-pinned':
+      return runPinned(ctx, (c) => runRequestResponse(c, targets.client));
     case 'cps':
       return runConnections(ctx, targets.client);
+    case 'cps-pinned':
+      return runPinned(ctx, (c) => runConnections(c, targets.client));
     case 'idle':
       return runIdle(ctx, targets.client);
     case 'udp-64':

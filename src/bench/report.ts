@@ -62,8 +62,10 @@ export function cellText(c: Cell): string {
     case 'tcp-1-local':
       return `${num(g('gbps'))}${ratio}`;
     case 'rr':
+    case 'rr-pinned':
       return `${num(g('tps'))}${ratio}<br>${num(g('p50us'))} / ${num(g('p99us'))} µs`;
     case 'cps':
+    case 'cps-pinned':
       return `${num(g('cps'))}${ratio}`;
     case 'idle': {
       const open = `${num(g('open'))}/${num(g('open') + g('failed'))}`;
@@ -91,10 +93,15 @@ export function renderMarkdown(r: BenchResult): string {
     `Median of ${m.reps} run${m.reps === 1 ? '' : 's'} per cell${m.quick ? ' (--quick)' : ''}; bulk ${m.durations.bulkSeconds} s, other workloads ${m.durations.otherSeconds} s, ` +
       `${m.durations.idleConnections.toLocaleString('en-US')} idle connections; (N×) = ratio to direct. Took ${Math.round(m.elapsedSeconds)} s.`,
   );
+  const wl = r.workloads;
+  if (wl.includes('cps') || wl.includes('cps-pinned')) {
+    lines.push(`Connections: ${m.connLoops ?? 4} parallel loops of connect, 32-byte request, 128-byte reply, close.`);
+  }
+  if (m.pinnedCpu !== undefined) lines.push(`1 CPU: client, forwarder (every thread of its process tree) and servers pinned to CPU ${m.pinnedCpu} with taskset.`);
   lines.push(`Tools: ${Object.entries(m.tools).map(([k, v]) => `${k} ${v}`).join(', ') || '—'}`);
   lines.push('');
-  const wl = r.workloads;
-  const head = ['path', ...wl.map((w) => `${WORKLOADS[w].title} (${WORKLOADS[w].unit}${w === 'rr' ? ', p50/p99' : w === 'idle' ? ', forwarder RSS' : ''})`), 'forwarder CPU s/GB'];
+  const extra = (w: WorkloadId): string => (WORKLOADS[w].primary === 'tps' ? ', p50/p99' : w === 'idle' ? ', forwarder RSS' : '');
+  const head = ['path', ...wl.map((w) => `${WORKLOADS[w].title} (${WORKLOADS[w].unit}${extra(w)})`), 'forwarder CPU s/GB'];
   lines.push(`| ${head.join(' | ')} |`);
   lines.push(`|${head.map((_, i) => (i === 0 ? '---' : '---:')).join('|')}|`);
   const notes: string[] = [];
@@ -139,9 +146,10 @@ const COLOURS: Readonly<Record<PathName, string>> = {
   nftables: '#17becf',
   'docker-proxy': '#2ca02c',
   socat: '#ff7f0e',
-  haproxy: '#9467bd',
+  'haproxy-splice': '#9467bd',
   nginx: '#8c564b',
   'portferry-2w': '#ff9896',
+  naive: '#bcbd22',
 };
 
 function esc(s: string): string {
