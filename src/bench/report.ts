@@ -101,13 +101,15 @@ export function renderMarkdown(r: BenchResult): string {
   lines.push(`Tools: ${Object.entries(m.tools).map(([k, v]) => `${k} ${v}`).join(', ') || '—'}`);
   lines.push('');
   const extra = (w: WorkloadId): string => (WORKLOADS[w].primary === 'tps' ? ', p50/p99' : w === 'idle' ? ', forwarder RSS' : '');
-  const head = ['path', ...wl.map((w) => `${WORKLOADS[w].title} (${WORKLOADS[w].unit}${extra(w)})`), 'forwarder CPU s/GB'];
+  // CPU per GB is measured around the TCP 1 stream → run: no column without it.
+  const cpu = wl.includes('tcp-1');
+  const head = ['path', ...wl.map((w) => `${WORKLOADS[w].title} (${WORKLOADS[w].unit}${extra(w)})`), ...(cpu ? ['forwarder CPU s/GB'] : [])];
   lines.push(`| ${head.join(' | ')} |`);
   lines.push(`|${head.map((_, i) => (i === 0 ? '---' : '---:')).join('|')}|`);
   const notes: string[] = [];
   for (const p of r.paths) {
     if (p.status === 'skipped') {
-      lines.push(`| ${p.name} | ${wl.map(() => 'skipped').join(' | ')} | — |`);
+      lines.push(`| ${[p.name, ...wl.map(() => 'skipped'), ...(cpu ? ['—'] : [])].join(' | ')} |`);
       notes.push(`${p.name}: skipped — ${p.reason ?? 'not available'}`);
       continue;
     }
@@ -124,7 +126,7 @@ export function renderMarkdown(r: BenchResult): string {
       }
       return text;
     });
-    lines.push(`| ${p.name} | ${row.join(' | ')} | ${cpuText(r.cells, p.name)} |`);
+    lines.push(`| ${[p.name, ...row, ...(cpu ? [cpuText(r.cells, p.name)] : [])].join(' | ')} |`);
   }
   lines.push('');
   lines.push('Paths:');

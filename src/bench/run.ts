@@ -74,7 +74,7 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
   const log = opts.progress ?? ((): void => {});
   if (!isRoot()) {
     throw new PortferryError('PF_NOT_ROOT', 'portferry bench needs root: it creates network namespaces, veth pairs and kernel DNAT rules (all removed at the end)', {
-      hint: 'Run it as root: `sudo npx portferry bench` (add --quick for a 1-2 minute run).',
+      hint: 'Run it as root: `sudo npx portferry bench` (add --quick for a 2-3 minute run).',
     });
   }
   const started = Date.now();
@@ -145,6 +145,7 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
     topology = await createTopology({ client: true, ipv6: false, mode: 'root' });
     stopIfAborted();
     const topo = topology;
+    log(`namespaces: ${[topo.names.client, topo.names.host, topo.names.ctr].join(', ')}`);
     const portRange = ['net.ipv4.ip_local_port_range=1024 65000', 'net.ipv4.tcp_tw_reuse=1', 'net.core.somaxconn=4096', 'net.ipv4.tcp_max_syn_backlog=8192'];
     await sysctls(topo, 'client', portRange);
     await sysctls(topo, 'host', portRange);

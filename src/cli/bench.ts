@@ -58,7 +58,7 @@ export function registerBenchCommand(program: Command): void {
   program
     .command('bench')
     .description('measure portferry against kernel DNAT (iptables, nftables), no forwarder and peer forwarders, in throwaway namespaces (root)')
-    .option('--quick', 'a 1-2 minute run: one repetition, short durations, 1,000 idle connections')
+    .option('--quick', 'a 2-3 minute run: one repetition, short durations, 1,000 idle connections')
     .option('--paths <list>', `comma-separated paths: ${PATH_NAMES.join(',')} (default: all found; direct is always measured)`)
     .option('--workloads <list>', `comma-separated: ${WORKLOAD_IDS.join(',')} (default: all)`)
     .option('--reps <n>', 'repetitions per cell, medianed (default 3, --quick 1)', positiveInt)
@@ -82,7 +82,7 @@ export function registerBenchCommand(program: Command): void {
       try {
         if (process.getuid?.() !== 0) {
           throw new PortferryError('PF_NOT_ROOT', 'portferry bench needs root: it creates network namespaces, veth pairs and kernel DNAT rules (all removed at the end)', {
-            hint: 'Run it as root: `sudo npx portferry bench` (add --quick for a 1-2 minute run).',
+            hint: 'Run it as root: `sudo npx portferry bench` (add --quick for a 2-3 minute run).',
           });
         }
         const paths = list<PathName>(flags.paths, PATH_NAMES, 'paths');

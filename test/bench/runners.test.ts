@@ -1,35 +1,32 @@
 // The runners check their own measurements: pointed at a path that moves no data (nothing
 // listening, or a listener that swallows everything), every workload reports a failure with the
 // reason, never a number. Against the container directly they report positive figures.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { readFileSync, readdirSync, rmSync } from 'node:fs';
 import { skipUnless } from '../helpers/env.js';
 import { createTopology } from '../../src/netns/topology.js';
 import { buildPfgen } from '../../src/bench/env.js';
 import { BACKEND } from '../../src/bench/path-kit.js';
 import { startBackends } from '../../src/bench/backends.js';
-import { runBulk, runConnections, runIdle, runPinned, runRequestResponse, runUdp, type RunContext, type Target } from '../../src/bench/workloads.js';
+import { runBulk, runConnections, runIdle, runPinned, runRequestResponse, runUdp, type Durations, type RunContext, type Target } from '../../src/bench/workloads.js';
 import { LineReader, allowedCpuList, lastCpu, stopTree, threadAffinities } from '../../src/bench/proc.js';
 
-t.test('runners: real figures direct, failures (with reasons) on dead and black-holed paths', skipUnless({ root: true, tools: ['ip', 'iperf3', 'cc', 'socat', 'prlimit', 'ss'] }), async (t) => {
+/** A client → host → ctr topology with the backends running, and a context for the runners. */
+async function setup(t: Test, durations: Durations): Promise<RunContext> {
   const built = buildPfgen();
   t.teardown(() => rmSync(built.dir, { recursive: true, force: true }));
-  const topo = await createTopology({ client: true, ipv6: false, mode: 'root' });
-  t.teardown(() => topo.destroy());
+  const topology = await createTopology({ client: true, ipv6: false, mode: 'root' });
+  t.teardown(() => topology.destroy());
   const backendPids: number[] = [];
-  const { sink } = await startBackends(topo, built.binary, (c) => {
+  const { sink } = await startBackends(topology, built.binary, (c) => {
     if (c.pid !== undefined) backendPids.push(c.pid);
   });
-  const ctx: RunContext = {
-    topology: topo,
-    pfgen: built.binary,
-    sink,
-    durations: { bulkSeconds: 1, otherSeconds: 0.3, idleConnections: 50, cpsThreads: 2 },
-    forwarderPids: null,
-    graceMs: 8000,
-    backendPids,
-    pinnedCpu: lastCpu(allowedCpuList()),
-  };
+  return { topology, pfgen: built.binary, sink, durations, forwarderPids: null, graceMs: 8000, backendPids, pinnedCpu: lastCpu(allowedCpuList()) };
+}
+
+t.test('runners: real figures direct, failures (with reasons) on dead and black-holed paths', skipUnless({ root: true, tools: ['ip', 'iperf3', 'cc', 'socat', 'prlimit', 'ss'] }), async (t) => {
+  const ctx = await setup(t, { bulkSeconds: 1, otherSeconds: 0.3, idleConnections: 50, cpsThreads: 2 });
+  const topo = ctx.topology;
   const target = (ip: string, bulkPort: number, tcpPort: number, udpPort: number): Target => ({ ns: 'client', ip, bulkPort, tcpPort, udpPort });
 
   // The ceiling, to prove the runners can succeed here.
@@ -95,30 +92,16 @@ const all = allowedCpuList();
 const needs = skipUnless({ root: true, tools: ['ip', 'iperf3', 'cc', 'prlimit', 'ss', 'taskset'] });
 const oneCpu = /[-,]/.test(all) ? {} : { skip: `only CPU ${all} is allowed: pinned and unpinned cannot be told apart` };
 t.test('pinned workloads: client, forwarder (every thread) and servers on one CPU while they run, all CPUs again after', { ...oneCpu, ...needs }, async (t) => {
-  const built = buildPfgen();
-  t.teardown(() => rmSync(built.dir, { recursive: true, force: true }));
-  const topo = await createTopology({ client: true, ipv6: false, mode: 'root' });
-  t.teardown(() => topo.destroy());
-  const backendPids: number[] = [];
-  const { sink } = await startBackends(topo, built.binary, (c) => {
-    if (c.pid !== undefined) backendPids.push(c.pid);
-  });
+  const base = await setup(t, { bulkSeconds: 1, otherSeconds: 1, idleConnections: 10, cpsThreads: 4 });
+  const { topology: topo, backendPids } = base;
   // A stand-in forwarder with several threads (node: libuv's pool, V8's workers).
   const fwd = topo.spawn('host', process.execPath, ['-e', 'console.log("up"); setInterval(() => {}, 1000)'], { stdio: ['ignore', 'pipe', 'ignore'] });
   t.teardown(() => stopTree(fwd.pid === undefined ? [] : [fwd.pid]));
   t.equal(await new LineReader(fwd.stdout).waitFor((l) => l === 'up', 10_000), 'up', 'the stand-in forwarder runs');
   const fwdPid = fwd.pid as number;
   const cpu = lastCpu(all);
-  const ctx: RunContext = {
-    topology: topo,
-    pfgen: built.binary,
-    sink,
-    durations: { bulkSeconds: 1, otherSeconds: 1, idleConnections: 10, cpsThreads: 4 },
-    forwarderPids: [fwdPid],
-    graceMs: 8000,
-    backendPids,
-    pinnedCpu: cpu,
-  };
+  const ctx: RunContext = { ...base, forwarderPids: [fwdPid] };
+  t.equal(ctx.pinnedCpu, cpu);
   const direct: Target = { ns: 'client', ip: topo.addrs.ctr4, bulkPort: BACKEND.bulkPort, tcpPort: BACKEND.tcpPort, udpPort: BACKEND.udpPort };
   t.ok(threadAffinities(fwdPid).every((a) => a === all), `before: the forwarder may use ${all}`);
 
@@ -131,7 +114,7 @@ t.test('pinned workloads: client, forwarder (every thread) and servers on one CP
     // Catch the client while it runs and read its threads' affinity.
     for (let i = 0; i < 100 && client.length === 0; i++) {
       await new Promise((r) => setTimeout(r, 10));
-      client = pfgenPids(built.binary, 'cps').flatMap((p) => threadAffinities(p));
+      client = pfgenPids(ctx.pfgen, 'cps').flatMap((p) => threadAffinities(p));
     }
     return run;
   });
