@@ -6,13 +6,15 @@ import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { LineReader } from '../../src/bench/proc.js';
 import { skipUnless } from '../helpers/env.js';
+import { nodeArgv } from '../helpers/net.js';
 import { exited, lineReader, netnsList } from '../netns/util.js';
 
 const bin = fileURLToPath(new URL('../../bin/portferry.js', import.meta.url));
 
 for (const sig of ['SIGINT', 'SIGTERM'] as const) {
   t.test(`bench: ${sig} mid-run removes the namespaces and processes, then the signal ends it`, skipUnless({ root: true, tools: ['ip', 'nsenter', 'iperf3', 'cc', 'prlimit', 'ss'] }), async (t) => {
-    const child = spawn(process.execPath, [bin, 'bench', '--paths', 'naive', '--workloads', 'rr', '--reps', '50', '--seconds', '1', '--no-install'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // Without tap's NODE_OPTIONS hooks (they add signal handlers of their own to the child).
+    const child = spawn(...nodeArgv(bin, 'bench', '--paths', 'naive', '--workloads', 'rr', '--reps', '50', '--seconds', '1', '--no-install'), { stdio: ['ignore', 'pipe', 'pipe'] });
     t.teardown(() => {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     });
@@ -33,7 +35,7 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
 }
 
 t.test('demo: Ctrl-C while it serves removes its namespace and exits 0', skipUnless({ root: true, tools: ['ip', 'nsenter'] }), async (t) => {
-  const child = spawn(process.execPath, [bin, 'demo', '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(...nodeArgv(bin, 'demo', '--port', '0'), { stdio: ['ignore', 'pipe', 'pipe'] });
   t.teardown(() => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   });
