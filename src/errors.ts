@@ -130,6 +130,28 @@ export const CATALOGUE = {
     fix: 'Run `portferry rules … --apply` with the same arguments to install them again.',
   },
 
+  // -- the running forwarder and its runtime API (src/forwarder, src/control) --
+  PF_SHUTTING_DOWN: {
+    meaning: 'The forwarder is stopping, so it takes no new mappings.',
+    fix: 'Wait until it has stopped and start it again, or send the change to the new instance.',
+  },
+  PF_API_REQUEST: {
+    meaning: 'A runtime API request is malformed: not JSON, too large, an unknown route or method, or a body of the wrong shape.',
+    fix: 'Send JSON as docs/api.md describes (`Content-Type: application/json`, at most 1 MiB); the message names what was wrong.',
+  },
+  PF_API_NOT_FOUND: {
+    meaning: 'No mapping or port with that id exists.',
+    fix: 'List what exists with `portferry ports ls` (or GET /v1/ports); ids are never reused.',
+  },
+  PF_API_SOCKET: {
+    meaning: 'The runtime API socket could not be created, or another live portferry already serves it.',
+    fix: 'Give `--api` a path in a directory portferry may create and own (mode 0700); if another instance serves that path, stop it or choose another path.',
+  },
+  PF_API_UNREACHABLE: {
+    meaning: 'No portferry daemon answers on the runtime API socket.',
+    fix: 'Start one with `portferry run --api PATH` (or check the path: `--api`, default /run/portferry/api.sock as root).',
+  },
+
   // -- benchmarks and namespaces (bench, src/netns) --
   PF_NOT_ROOT: {
     meaning: 'The command needs root (to create network namespaces and rules).',

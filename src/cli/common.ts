@@ -77,20 +77,7 @@ export function reportError(err: unknown): number {
   return EXIT_FAILURE;
 }
 
-/** One line per mapping, for `validate` and the ready log. */
-export function describeMapping(m: Mapping): Record<string, unknown> {
-  const range = (a: number, b: number): string => (a === b ? `${a}` : `${a}-${b}`);
-  return {
-    name: m.name,
-    protocol: m.protocol,
-    hostIP: m.hostIP ?? '*',
-    hostPort: range(m.hostPort, m.hostPortEnd),
-    containerIP: m.containerIP,
-    containerPort: range(m.containerPort, m.containerPortEnd),
-    ...(m.netns !== null ? { netns: m.netns } : {}),
-    ...(m.proxyProtocol !== null ? { proxyProtocol: m.proxyProtocol } : {}),
-  };
-}
+export { describeMapping } from '../forwarder/ready.js';
 
 export function usageError(message: string): PortferryError {
   return new PortferryError('PF_USAGE', message);

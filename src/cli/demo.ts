@@ -14,7 +14,7 @@ import { isPortferryError } from '../errors.js';
 import { createLogger, type LogLevel } from '../log.js';
 import { createTopology, destroyAllTopologies, type Topology } from '../netns/topology.js';
 import { EXIT_FAILURE, EXIT_OK, logLevelArg, reportError } from './common.js';
-import { startForwarder, type Forwarder } from './forwarder.js';
+import { startForwarder, type Forwarder } from '../forwarder/index.js';
 import { holdStopSignals } from './signals.js';
 
 interface DemoFlags {
@@ -109,7 +109,7 @@ export function registerDemoCommand(program: Command): void {
       let backend: Backend | undefined;
       let forwarder: Forwarder | undefined;
       const cleanup = async (): Promise<void> => {
-        await forwarder?.stop(0);
+        await forwarder?.close(0);
         await backend?.stop();
         await destroyAllTopologies(); // one still being created when a signal came
       };
@@ -138,7 +138,7 @@ export function registerDemoCommand(program: Command): void {
           say(`note:      port ${flags.port} is taken; using a free port instead`);
           forwarder = await start('0');
         }
-        const hostPort = forwarder.manager.listeners()[0]?.address()?.port ?? 0;
+        const hostPort = forwarder.listeners()[0]?.address()?.port ?? 0;
         const url = `http://127.0.0.1:${hostPort}/`;
         say(`backend:   http://127.0.0.1:${b.containerPort}/ inside ${b.where}`);
         say(`published: ${url} -> 127.0.0.1:${b.containerPort}${b.netns !== null ? ` (dialled from inside ${b.netns})` : ''} through portferry`);

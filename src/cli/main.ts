@@ -1,19 +1,17 @@
 // The command line: the only place that reads argv and env, wires modules, and picks exit codes.
 import { Command, CommanderError } from 'commander';
-import { readFileSync } from 'node:fs';
 import { registerBenchCommand } from './bench.js';
 import { registerDemoCommand } from './demo.js';
 import { registerRulesCommand } from './rules.js';
 import { registerRunCommand } from './run.js';
 import { registerValidateCommand } from './validate.js';
 import { EXIT_USAGE } from './common.js';
-
-const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+import { VERSION } from '../version.js';
 
 const program = new Command()
   .name('portferry')
   .description('userspace TCP/UDP port forwarder for containers (the fallback when kernel DNAT is unavailable)')
-  .version(pkg.version)
+  .version(VERSION)
   .showHelpAfterError('(run with --help for usage)')
   .exitOverride();
 

@@ -7,7 +7,7 @@ import { parseConfigText } from './file.js';
 import { parseSpec } from './spec.js';
 import { validateMappings, type RawMapping } from './validate.js';
 
-export { expandBindings, findConflicts, hostAddresses, parseDuration } from './validate.js';
+export { expandBindings, findConflicts, hostAddresses, parseDuration, throwIfProblems } from './validate.js';
 export { DEFAULTS } from './defaults.js';
 
 export interface LoadInput {
