@@ -26,8 +26,8 @@ export function packageRoot(): string {
   }
 }
 
-export function portferryVersion(): string {
-  return (JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version: string }).version;
+export function portferryVersion(root = packageRoot()): string {
+  return (JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string }).version;
 }
 
 /** Absolute path of a command on PATH (plus the sbin directories), or null. */

@@ -10,11 +10,17 @@ import type { Target } from './workloads.js';
 /** What runs in the container namespace. */
 export const BACKEND = { bulkPort: 5201, tcpPort: 7000, udpPort: 7001 } as const;
 
-export interface PathEnv {
+/** What the machine and the command line give the paths. */
+export interface MachineEnv {
+  readonly dockerProxy: string | null;
+  /** Another portferry (a built checkout or installed package) to measure as `portferry-base`. */
+  readonly baseline: string | null;
+}
+
+export interface PathEnv extends MachineEnv {
   readonly topology: Topology;
   /** A private directory for config files. */
   readonly workDir: string;
-  readonly dockerProxy: string | null;
 }
 
 export interface RunningPath {
@@ -32,14 +38,14 @@ export interface RunningPath {
 export interface PathDef {
   readonly name: PathName;
   /** Why it cannot run on this machine (with what to install), or null. */
-  unavailable(env: { readonly dockerProxy: string | null }): string | null;
-  describe(env: { readonly dockerProxy: string | null }): string;
+  unavailable(env: MachineEnv): string | null;
+  describe(env: MachineEnv): string;
   start(env: PathEnv): Promise<RunningPath>;
 }
 
 /** Host ports of a path: three consecutive ports per path, fixed, inside our own namespace only. */
 export function hostPorts(name: PathName): { bulk: number; tcp: number; udp: number } {
-  const base = 20000 + PATH_NAMES.indexOf(name) * 10;
+  const base = 20000 + PATH_NAMES.indexOf(name) * 5;
   return { bulk: base, tcp: base + 1, udp: base + 2 };
 }
 

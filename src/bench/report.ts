@@ -151,6 +151,7 @@ const COLOURS: Readonly<Record<PathName, string>> = {
   'haproxy-splice': '#9467bd',
   nginx: '#8c564b',
   'portferry-2w': '#ff9896',
+  'portferry-base': '#e377c2',
   naive: '#bcbd22',
 };
 

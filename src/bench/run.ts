@@ -4,13 +4,13 @@
 // failure, and at once when the caller's AbortSignal fires (the CLI aborts on SIGINT/SIGTERM).
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { PortferryError } from '../errors.js';
 import { createTopology, type Topology } from '../netns/topology.js';
 import { startBackends } from './backends.js';
 import { nofileLimit, buildPfgen, ensureLoadTools, findDockerProxy, installPeers, machineFacts, portferryVersion, toolVersions } from './env.js';
-import type { RunningPath } from './path-kit.js';
+import type { MachineEnv, RunningPath } from './path-kit.js';
 import { PATHS } from './paths.js';
 import { allowedCpuList, lastCpu, stopTree } from './proc.js';
 import { aggregate, withRatios } from './report.js';
@@ -35,6 +35,8 @@ export interface BenchOptions {
   /** Install missing peers (socat, haproxy, nginx; docker-proxy extracted from docker.io). */
   readonly installPeers?: boolean;
   readonly dockerProxy?: string;
+  /** Another built portferry (checkout or package directory): adds the `portferry-base` path. */
+  readonly baseline?: string;
   /** Progress lines (stderr in the CLI). */
   readonly progress?: (line: string) => void;
   /** Extra seconds a client may overrun before its cell fails (default 20 s). */
@@ -94,13 +96,16 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
   if (need !== null) throw new PortferryError('PF_TOOL_MISSING', `the bench needs load tools that are not installed`, { hint: `Install them: \`${need}\` (as root the bench installs them itself).` });
   if (opts.installPeers === true) installPeers(log);
   const dockerProxy = findDockerProxy(opts.dockerProxy);
+  const machine: MachineEnv = { dockerProxy, baseline: opts.baseline === undefined ? null : resolve(opts.baseline) };
 
-  const wanted = new Set<PathName>(['direct', ...(opts.paths ?? PATH_NAMES)]);
+  // By default every path, the baseline only when one is given; `direct` always (the reference).
+  const byDefault = PATH_NAMES.filter((p) => p !== 'portferry-base' || machine.baseline !== null);
+  const wanted = new Set<PathName>(['direct', ...(opts.paths ?? byDefault), ...(machine.baseline !== null ? (['portferry-base'] as const) : [])]);
   const selected = PATH_NAMES.filter((p) => wanted.has(p));
   const statuses: PathStatus[] = selected.map((name) => {
     const def = PATHS[name];
-    const why = def.unavailable({ dockerProxy });
-    return why === null ? { name, status: 'measured', description: def.describe({ dockerProxy }) } : { name, status: 'skipped', reason: why, description: def.describe({ dockerProxy }) };
+    const why = def.unavailable(machine);
+    return why === null ? { name, status: 'measured', description: def.describe(machine) } : { name, status: 'skipped', reason: why, description: def.describe(machine) };
   });
   for (const s of statuses) if (s.status === 'skipped') log(`skipping ${s.name}: ${s.reason ?? ''}`);
 
@@ -163,7 +168,7 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
       if (s.status !== 'measured') continue;
       log(`starting ${s.name} …`);
       try {
-        const rp = await PATHS[s.name].start({ topology: topo, workDir, dockerProxy });
+        const rp = await PATHS[s.name].start({ ...machine, topology: topo, workDir });
         runningPaths.push(rp);
         measured.push(rp);
         if (rp.forwarderPids !== null) opts.observe?.processes?.(rp.forwarderPids);
@@ -186,7 +191,7 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
       restarts.push({ name: rp.name, why });
       await rp.stop().catch(() => undefined);
       try {
-        const fresh = await PATHS[rp.name].start({ topology: topo, workDir: workDir as string, dockerProxy });
+        const fresh = await PATHS[rp.name].start({ ...machine, topology: topo, workDir: workDir as string });
         runningPaths.push(fresh);
         live.set(rp.name, fresh);
         if (fresh.forwarderPids !== null) opts.observe?.processes?.(fresh.forwarderPids);

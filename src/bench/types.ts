@@ -2,7 +2,7 @@
 // (one path × one workload, repeated) and the whole result. Plain data, JSON as is.
 
 /** Every data path the bench knows, in report order. `direct` is the ceiling. */
-export const PATH_NAMES = ['direct', 'portferry', 'portferry-2w', 'iptables', 'nftables', 'haproxy-splice', 'nginx', 'docker-proxy', 'naive', 'socat'] as const;
+export const PATH_NAMES = ['direct', 'portferry', 'portferry-base', 'portferry-2w', 'iptables', 'nftables', 'haproxy-splice', 'nginx', 'docker-proxy', 'naive', 'socat'] as const;
 export type PathName = (typeof PATH_NAMES)[number];
 
 export const WORKLOAD_IDS = ['tcp-1', 'tcp-1-rev', 'tcp-8', 'tcp-1-local', 'rr', 'rr-pinned', 'cps', 'cps-pinned', 'idle', 'udp-64', 'udp-1400'] as const;

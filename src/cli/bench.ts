@@ -26,6 +26,7 @@ interface BenchFlags {
   readonly install: boolean;
   readonly installPeers?: boolean;
   readonly dockerProxy?: string;
+  readonly baseline?: string;
 }
 
 function positiveInt(value: string): number {
@@ -73,6 +74,7 @@ export function registerBenchCommand(program: Command): void {
     .option('--no-install', 'do not apt-get install missing load tools (iperf3, cc); print the command instead')
     .option('--install-peers', 'install missing peers: socat, haproxy, nginx + stream module (apt-get), docker-proxy (taken out of the docker.io package; dockerd is never installed)')
     .option('--docker-proxy <path>', 'the docker-proxy binary to measure')
+    .option('--baseline <dir>', 'another built portferry (a checkout or package directory) to measure in the same run as the portferry-base path, for an A/B')
     .action(async (flags: BenchFlags) => {
       const abort = new AbortController();
       const held = holdStopSignals((sig) => {
@@ -101,6 +103,7 @@ export function registerBenchCommand(program: Command): void {
           installTools: flags.install,
           installPeers: flags.installPeers === true,
           ...(flags.dockerProxy === undefined ? {} : { dockerProxy: flags.dockerProxy }),
+          ...(flags.baseline === undefined ? {} : { baseline: flags.baseline }),
           progress: (line: string) => process.stderr.write(`bench: ${line}\n`),
           signal: abort.signal,
         });

@@ -77,6 +77,16 @@ t.test('portferry bench --paths with an unknown name: PF_USAGE before anything r
   t.equal(r.stdout, '');
 });
 
+t.test('--baseline: another build measured as portferry-base in the same run', skipUnless({ root: true, tools: ['ip', 'iperf3', 'cc', 'prlimit', 'ss', 'nsenter'] }), async (t) => {
+  // This very build serves as its own baseline: what matters is that both run and are told apart.
+  const result = await runBench({ paths: ['portferry'], baseline: root, workloads: ['rr'], reps: 1, otherSeconds: 0.5, installTools: false, graceMs: 10_000 });
+  t.same(result.paths.map((p) => `${p.name}:${p.status}`), ['direct:measured', 'portferry:measured', 'portferry-base:measured'], 'the baseline is added to the paths asked for');
+  t.match(result.paths.find((p) => p.name === 'portferry-base')?.description, `at ${root.replace(/\/$/, '')}`);
+  for (const c of result.cells) t.ok(c.status === 'ok' && (c.metrics?.['tps'] ?? 0) > 0, `${c.path}: ${c.status} ${c.reason ?? ''}`);
+  const without = await runBench({ paths: ['portferry-base'], workloads: ['rr'], reps: 1, otherSeconds: 0.5, installTools: false });
+  t.match(without.paths.find((p) => p.name === 'portferry-base'), { status: 'skipped', reason: /no baseline given \(--baseline DIR/ }, 'asked for without --baseline: skipped, says why');
+});
+
 t.test('an abort mid-run (the CLI on SIGINT) removes everything at once and rejects with BenchInterrupted', skipUnless({ root: true, tools: ['ip', 'iperf3', 'cc', 'prlimit', 'ss', 'nsenter'] }), async (t) => {
   const namespaces: string[] = [];
   const pids: number[] = [];
