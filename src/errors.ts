@@ -116,6 +116,32 @@ export const CATALOGUE = {
     fix: 'Check the mapping\'s proxyProtocol options; v1 carries only TCP over IPv4/IPv6, use v2 for UDP.',
   },
 
+  // -- metrics and the state file (src/control/metrics.ts, src/control/state.ts) --
+  PF_METRICS_ADDRESS: {
+    meaning: 'The `--metrics` address is not `HOST:PORT` with a literal IP address and a port from 0 to 65535.',
+    fix: 'Write e.g. `127.0.0.1:9464`, `[::1]:9464`, or `0.0.0.0:9464` to serve every address (IPv6 in brackets; port 0 picks a free port, logged at start).',
+  },
+  PF_STATE_DIR: {
+    meaning: 'The directory of the `--state` file does not exist or is not a directory.',
+    fix: 'Create it (`mkdir -p -m 0700 DIR`) or give `--state` a path in an existing directory.',
+  },
+  PF_STATE_READ: {
+    meaning: 'The `--state` file exists but could not be read; portferry did not start and left the file as it was.',
+    fix: 'Check its permissions (portferry writes it 0600, readable by the user that runs it) and that it is a regular file.',
+  },
+  PF_STATE_PARSE: {
+    meaning: 'The `--state` file is not valid JSON (truncated or edited by hand); portferry did not start and left the file as it was.',
+    fix: 'Restore the file from a backup or repair it; to start without the runtime mappings it kept, move it aside (`mv FILE FILE.bad`) and start again.',
+  },
+  PF_STATE_INVALID: {
+    meaning: 'The `--state` file is JSON but not a portferry state (wrong version or shape, or a mapping that no longer validates); portferry did not start and left the file as it was.',
+    fix: 'Fix what the message names, or move the file aside (`mv FILE FILE.bad`) to start without the runtime mappings it kept.',
+  },
+  PF_STATE_WRITE: {
+    meaning: 'Writing the `--state` file failed; the previous state file is unchanged.',
+    fix: 'Read the system error in the message: check the directory is writable and the file system has space.',
+  },
+
   // -- kernel rules (src/rules) --
   PF_RULES_TOOL_MISSING: {
     meaning: 'The iptables, ip6tables, nft, sysctl or conntrack command needed for kernel rules is not installed.',

@@ -16,6 +16,8 @@ for tool in "${!pkg_of[@]}"; do
 done
 [ -x /usr/lib/cni/portmap ] || want+=(containernetworking-plugins)
 [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || want+=(libnginx-mod-stream)
+# the Prometheus text parser the metrics tests read /metrics with (Debian's python3, not a pyenv one)
+/usr/bin/python3 -c 'import prometheus_client.parser' >/dev/null 2>&1 || want+=(python3-prometheus-client)
 [ ${#want[@]} -eq 0 ] && exit 0
 mapfile -t want < <(printf '%s\n' "${want[@]}" | sort -u)
 if [ "$(id -u)" != 0 ]; then

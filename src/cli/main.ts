@@ -2,6 +2,7 @@
 import { Command, CommanderError } from 'commander';
 import { registerBenchCommand } from './bench.js';
 import { registerDemoCommand } from './demo.js';
+import { registerPortsCommand } from './ports.js';
 import { registerRulesCommand } from './rules.js';
 import { registerRunCommand } from './run.js';
 import { registerValidateCommand } from './validate.js';
@@ -20,6 +21,7 @@ registerValidateCommand(program);
 registerDemoCommand(program);
 registerBenchCommand(program);
 registerRulesCommand(program);
+registerPortsCommand(program);
 
 try {
   await program.parseAsync(process.argv);

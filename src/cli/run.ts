@@ -2,13 +2,19 @@
 // bind every mapping (or none), restore the state file, serve the runtime API and metrics, log
 // `ready`, serve until SIGTERM/SIGINT, drain for --drain-timeout, exit 0. SIGHUP reloads the
 // command line's mappings (-p and the -c file) without touching the others.
+import { execFile } from 'node:child_process';
 import cluster from 'node:cluster';
 import os from 'node:os';
 import { InvalidArgumentError, type Command } from 'commander';
 import type { Mapping } from '../api.js';
 import { DEFAULTS } from '../config/defaults.js';
 import { defaultApiSocket } from '../control/client.js';
+import { parseMetricsAddress, startMetricsServer, type MetricsRow, type MetricsServer } from '../control/metrics.js';
 import { startApiServer, type ApiServer } from '../control/server.js';
+import { loadState, saveState } from '../control/state.js';
+import { mappingToObject } from '../config/index.js';
+import { formatHostPort } from '../addr.js';
+import type { StatsRow } from '../forwarder/engine.js';
 import { PortferryError, isPortferryError } from '../errors.js';
 import { Forwarder } from '../forwarder/forwarder.js';
 import { logReady } from '../forwarder/ready.js';
@@ -23,6 +29,16 @@ interface RunFlags extends MappingFlags {
   readonly drainTimeout: number;
   readonly workers: number;
   readonly api?: string | true;
+  readonly metrics?: { host: string; port: number };
+  readonly state?: string;
+}
+
+function metricsArg(value: string): { host: string; port: number } {
+  try {
+    return parseMetricsAddress(value);
+  } catch (err) {
+    throw new InvalidArgumentError(isPortferryError(err) ? err.message : String(err));
+  }
 }
 
 function workersArg(value: string): number {
@@ -38,6 +54,8 @@ export function registerRunCommand(program: Command): void {
     .description('forward the given mappings until SIGTERM/SIGINT; with --api, take more at runtime');
   mappingOptions(cmd)
     .option('--api [path]', `serve the runtime API on this unix socket (rootlesskit-compatible /v1/ports and native /v1/mappings; default ${defaultApiSocket()})`)
+    .option('--metrics <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464)', metricsArg)
+    .option('--state <file>', 'keep the mappings added at runtime in this file (atomic writes) and restore them, same ids, on the next start')
     .option('--drain-timeout <duration>', 'on SIGTERM/SIGINT, let open connections finish for this long (default: 10s)', durationArg, DEFAULTS.drainTimeoutMs)
     .option('--log-level <level>', 'trace|debug|info|warn|error|fatal|silent', logLevelArg, 'info')
     .option('--log-format <format>', 'json (default) or pretty', logFormatArg, 'json')
@@ -71,21 +89,33 @@ async function serve(flags: RunFlags, logger: Logger): Promise<number | undefine
   const apiPath = flags.api === true ? defaultApiSocket() : flags.api;
   let forwarder: Forwarder | null = null;
   let api: ApiServer | null = null;
+  let metrics: MetricsServer | null = null;
   try {
-    const mappings = await loadCommandLine(flags, apiPath !== undefined);
+    const mappings = await loadCommandLine(flags, apiPath !== undefined || flags.state !== undefined);
+    // A state file that cannot be used stops the start before anything is bound.
+    const restored = flags.state === undefined ? null : await loadState(flags.state);
     const engine = flags.workers > 1 ? await WorkerEngine.start({ workers: flags.workers, drainTimeoutMs: flags.drainTimeout }, logger) : undefined;
-    forwarder = new Forwarder({ logger, ...(engine !== undefined ? { engine } : {}) });
+    forwarder = new Forwarder({ logger, ...(engine !== undefined ? { engine } : {}), ...(restored !== null ? { nextId: restored.state.nextId } : {}) });
+    if (restored !== null && restored.mappings.length > 0) {
+      await forwarder.add(restored.mappings, { origin: 'state', ids: restored.state.entries.map((e) => e.id), owners: restored.state.entries.map((e) => e.owner) });
+    }
     await forwarder.add(mappings, { origin: 'cli' });
+    if (flags.state !== undefined) keepState(forwarder, flags.state, logger);
     if (apiPath !== undefined) {
-      api = await startApiServer({ socketPath: apiPath, forwarder, logger, childNetns: flags.netns ?? null, version: VERSION, stateFile: null });
+      api = await startApiServer({ socketPath: apiPath, forwarder, logger, childNetns: flags.netns ?? null, version: VERSION, stateFile: flags.state ?? null });
+    }
+    if (flags.metrics !== undefined) {
+      const source = forwarder;
+      metrics = await startMetricsServer({ ...flags.metrics, logger, collect: async () => metricsRows(source, await source.stats()) });
     }
   } catch (err) {
     forwarder?.destroy();
-    await api?.close();
+    await Promise.all([api?.close(), metrics?.close()]);
     return reportError(err);
   }
   const running = forwarder;
-  logReady(logger, running, { ...(api !== null ? { api: api.socketPath } : {}) });
+  logReady(logger, running, { ...(api !== null ? { api: api.socketPath } : {}), ...(metrics !== null ? { metrics: formatHostPort(metrics.address.ip, metrics.address.port) } : {}), ...(flags.state !== undefined ? { state: flags.state } : {}) });
+  notifySystemd(logger);
 
   let stopping = false;
   const onSignal = (signal: NodeJS.Signals): void => {
@@ -96,7 +126,7 @@ async function serve(flags: RunFlags, logger: Logger): Promise<number | undefine
     }
     stopping = true;
     logger.info({ signal, drainTimeoutMs: flags.drainTimeout }, 'stopping: no new connections; open ones may finish');
-    void Promise.all([api?.close(), running.close(flags.drainTimeout)]).then(() => {
+    void Promise.all([api?.close(), metrics?.close(), running.close(flags.drainTimeout)]).then(() => {
       logger.info('stopped');
       logger.flush();
       process.exit(EXIT_OK);
@@ -118,6 +148,35 @@ async function serve(flags: RunFlags, logger: Logger): Promise<number | undefine
       );
   });
   return undefined;
+}
+
+/** After every change, the runtime mappings (not the command line's) go to the state file. */
+function keepState(forwarder: Forwarder, file: string, logger: Logger): void {
+  forwarder.onChange(() => {
+    const entries = forwarder.list().filter((e) => e.origin !== 'cli').map((e) => ({ id: e.id, owner: e.owner, mapping: mappingToObject(e.mapping) }));
+    return saveState(file, { version: 1, nextId: forwarder.nextId, entries }).catch((err: unknown) => {
+      logger.error({ err: isPortferryError(err) ? err.format() : String(err), file }, 'could not write the state file; the running mappings are unchanged');
+    });
+  });
+}
+
+/** One metrics row per listener (per worker): the metrics module sums rows of one mapping. */
+function metricsRows(forwarder: Forwarder, rows: readonly StatsRow[]): MetricsRow[] {
+  return rows.flatMap((r) => {
+    const e = forwarder.get(r.id);
+    return e === undefined ? [] : [{ mapping: e.mapping.name, protocol: e.mapping.protocol, stats: r.stats }];
+  });
+}
+
+/**
+ * Under systemd (Type=notify, NotifyAccess=all) tell it we are ready. Node cannot send on a unix
+ * datagram socket, so systemd's own systemd-notify does it for our pid.
+ */
+function notifySystemd(logger: Logger): void {
+  if (process.env['NOTIFY_SOCKET'] === undefined) return;
+  execFile('systemd-notify', ['--ready', `--pid=${process.pid}`], (err) => {
+    if (err !== null) logger.warn({ err: err.message }, 'could not tell systemd we are ready (systemd-notify failed); use Type=exec in the unit');
+  });
 }
 
 export { EXIT_FAILURE };

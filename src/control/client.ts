@@ -25,6 +25,7 @@ export function apiRequest(socketPath: string, method: string, path: string, bod
     const req = http.request(
       {
         socketPath,
+        agent: false,
         method,
         path,
         headers: { Host: 'portferry', ...(payload !== undefined ? { 'Content-Type': 'application/json', 'Content-Length': payload.length } : {}) },
@@ -43,6 +44,9 @@ export function apiRequest(socketPath: string, method: string, path: string, bod
             // not JSON: keep the text
           }
           resolve({ status: res.statusCode ?? 0, body: parsed });
+          // The answer may come before all of a refused body was written: stop writing now, or the
+          // rest would fail with EPIPE on a socket nobody listens to any more.
+          req.destroy();
         });
       },
     );
@@ -66,7 +70,7 @@ export function apiRequest(socketPath: string, method: string, path: string, bod
 export function errorFromBody(status: number, body: unknown, what: string): PortferryError {
   const b = (typeof body === 'object' && body !== null ? body : {}) as Record<string, unknown>;
   const code = typeof b['code'] === 'string' && b['code'] in CATALOGUE ? (b['code'] as ErrorCode) : 'PF_API_REQUEST';
-  const message = typeof b['message'] === 'string' ? b['message'] : `${what} failed with HTTP ${status}${typeof body === 'string' && body !== '' ? `: ${body}` : ''}`;
+  const message = typeof b['summary'] === 'string' ? b['summary'] : typeof b['message'] === 'string' ? b['message'] : `${what} failed with HTTP ${status}${typeof body === 'string' && body !== '' ? `: ${body}` : ''}`;
   const problems = Array.isArray(b['problems']) ? b['problems'].map((p: unknown) => errorFromBody(status, p, what)) : [];
   return new PortferryError(code, message, { ...(typeof b['hint'] === 'string' ? { hint: b['hint'] } : {}), problems, details: { status } });
 }

@@ -229,7 +229,8 @@ export async function startApiServer(o: ApiServerOptions): Promise<ApiServer> {
         const code = typeof e.details['status'] === 'number' ? e.details['status'] : statusOf(e);
         if (code >= 500) o.logger.error({ err: e.toJSON(), method: req.method, url: req.url }, 'API request failed');
         else o.logger.debug({ code: e.code, method: req.method, url: req.url }, 'API request refused');
-        send(res, code, { ...e.toJSON(), message: e.format() });
+        // `message` is the whole human text (rootlessctl prints only it); `summary` the one line.
+        send(res, code, { ...e.toJSON(), summary: e.message, message: e.format() });
         if (!req.complete) req.resume();
       },
     );

@@ -39,7 +39,7 @@ function sameMapping(a: Mapping, b: Mapping): boolean {
 export class Forwarder {
   readonly engine: Engine;
   private readonly entries = new Map<number, Entry>();
-  private readonly changeListeners = new Set<() => void>();
+  private readonly changeListeners = new Set<() => void | Promise<void>>();
   private queue: Promise<unknown> = Promise.resolve();
   private state: State = 'open';
   private nextIdValue: number;
@@ -55,8 +55,11 @@ export class Forwarder {
     return this.nextIdValue;
   }
 
-  /** Called after every change that went through (for the state file). */
-  onChange(fn: () => void): () => void {
+  /**
+   * Called after every change that went through (for the state file). The change answers only
+   * once every listener's promise has settled, so a caller told "done" finds it persisted.
+   */
+  onChange(fn: () => void | Promise<void>): () => void {
     this.changeListeners.add(fn);
     return () => this.changeListeners.delete(fn);
   }
@@ -71,10 +74,10 @@ export class Forwarder {
     return run;
   }
 
-  private changed(): void {
+  private async changed(): Promise<void> {
     for (const fn of this.changeListeners) {
       try {
-        fn();
+        await fn();
       } catch (err) {
         this.logger.error({ err }, 'a change listener failed');
       }
@@ -85,17 +88,19 @@ export class Forwarder {
    * Adds mappings (all or nothing). `ids` restores entries from a state file with their old ids;
    * otherwise new ids are handed out. Names must be unique across the forwarder.
    */
-  add(mappings: readonly Mapping[], opts: { owner?: string | null; origin: Origin; ids?: readonly number[] }): Promise<Entry[]> {
-    return this.serial(() => this.addNow(mappings, opts.owner ?? null, opts.origin, opts.ids));
+  add(mappings: readonly Mapping[], opts: { owner?: string | null; origin: Origin; ids?: readonly number[]; owners?: readonly (string | null)[] }): Promise<Entry[]> {
+    return this.serial(() => this.addNow(mappings, opts.owner ?? null, opts.origin, opts.ids, new Set(), opts.owners));
   }
 
-  private async addNow(mappings: readonly Mapping[], owner: string | null, origin: Origin, ids?: readonly number[], ignore: ReadonlySet<number> = new Set()): Promise<Entry[]> {
+  private async addNow(mappings: readonly Mapping[], owner: string | null, origin: Origin, ids?: readonly number[], ignore: ReadonlySet<number> = new Set(), owners?: readonly (string | null)[]): Promise<Entry[]> {
     const existing = [...this.entries.values()].filter((e) => !ignore.has(e.id));
     const problems = findConflicts(mappings, existing.map((e) => e.mapping));
     const names = new Map(existing.map((e) => [e.mapping.name, e]));
+    const portConflicts = problems.length > 0;
     mappings.forEach((m, i) => {
       const other = names.get(m.name);
-      if (other !== undefined) {
+      // A derived name repeats the host port: a port conflict already says it all.
+      if (other !== undefined && !portConflicts) {
         problems.push(new PortferryError('PF_CONFLICT', `${m.source}: a mapping named "${m.name}" exists already (id ${other.id}, ${other.mapping.source})`, { hint: 'Give the new mapping another name (key `name`), or remove the old one first.' }));
       }
       const id = ids?.[i];
@@ -104,12 +109,18 @@ export class Forwarder {
     });
     throwIfProblems(problems);
     await checkNetnsPaths(mappings);
-    const entries = mappings.map((mapping, i) => Object.freeze({ id: ids?.[i] ?? this.nextIdValue + i, owner, origin, mapping }));
+    const entries = mappings.map((mapping, i) => {
+      const id = ids?.[i] ?? this.nextIdValue + i;
+      const by = owners?.[i] ?? owner;
+      // Later conflicts name this one by id and owner, not by the request that added it.
+      const source = origin === 'cli' ? mapping.source : `mapping ${id}${by !== null ? ` of ${by}` : ''}`;
+      return Object.freeze({ id, owner: by, origin, mapping: Object.freeze({ ...mapping, source }) });
+    });
     // Reserved before binding: ids are never handed out twice, even when this add fails.
     this.nextIdValue = Math.max(this.nextIdValue, ...entries.map((e) => e.id + 1));
     await this.engine.add(entries);
     for (const e of entries) this.entries.set(e.id, e);
-    this.changed();
+    await this.changed();
     return entries;
   }
 
@@ -151,7 +162,7 @@ export class Forwarder {
       });
       throw err;
     }
-    const byMapping = new Map(added.map((e) => [e.mapping, e]));
+    const byMapping = new Map(fresh.map((m, i) => [m, added[i] as Entry]));
     return mappings.map((m) => keep.get(m) ?? (byMapping.get(m) as Entry));
   }
 
@@ -172,7 +183,7 @@ export class Forwarder {
     if (ids.length === 0) return [];
     for (const id of ids) this.entries.delete(id);
     await this.engine.remove(ids);
-    this.changed();
+    await this.changed();
     return [...ids];
   }
 
