@@ -5,7 +5,7 @@ import type { Topology } from '../netns/topology.js';
 import { withNofile } from './env.js';
 import { BACKEND } from './path-kit.js';
 import { LineReader } from './proc.js';
-import type { SinkControl } from './workloads.js';
+import type { SinkControl, SinkCounts } from './workloads.js';
 
 export interface Backends {
   readonly sink: SinkControl;
@@ -51,13 +51,12 @@ async function waitTcpListening(topology: Topology, ns: 'ctr', port: number): Pr
 
 function sinkControl(child: ChildProcess, out: LineReader): SinkControl {
   return {
-    async read() {
+    async read(nextToken) {
       const from = out.lines.length;
-      child.stdin?.write('r\n');
+      child.stdin?.write(`${nextToken ?? ''}\n`);
       const line = await out.waitFor((l) => l.includes('"datagrams"'), 5000, from);
       if (line === null) throw new Error('the UDP sink in the container namespace did not answer');
-      const j = JSON.parse(line) as { datagrams: number; bytes: number; minSize: number; maxSize: number };
-      return j;
+      return JSON.parse(line) as SinkCounts;
     },
   };
 }

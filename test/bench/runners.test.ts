@@ -42,6 +42,19 @@ t.test('runners: real figures direct, failures (with reasons) on dead and black-
   const udp = await runUdp(ctx, direct, 64);
   t.ok(udp.ok && (udp.metrics['kpps'] ?? 0) > 0, `direct udp: ${JSON.stringify(udp)}`);
 
+  // Late datagrams of another run (a forwarder's queue draining into the next cell) never count.
+  const [mine, theirs] = ['00112233445566aa', '00112233445566bb'];
+  await ctx.sink.read(mine);
+  await topo.exec('client', ctx.pfgen, ['udp', topo.addrs.ctr4, String(BACKEND.udpPort), '64', '0.2', theirs]);
+  await new Promise((r) => setTimeout(r, 200));
+  const stray = await ctx.sink.read(mine);
+  t.equal(stray.datagrams, 0, 'datagrams of another run are not counted as this run\'s');
+  t.ok(stray.other > 0, `they are counted apart (${stray.other})`);
+  await topo.exec('client', ctx.pfgen, ['udp', topo.addrs.ctr4, String(BACKEND.udpPort), '64', '0.2', mine]);
+  await new Promise((r) => setTimeout(r, 200));
+  const own = await ctx.sink.read();
+  t.ok(own.datagrams > 0 && own.other === 0 && own.minSize === 64 && own.maxSize === 64, `this run's datagrams count: ${JSON.stringify(own)}`);
+
   // Nothing listens on these host ports.
   const dead = target(topo.addrs.hostClient4, 29001, 29002, 29003);
   const expectFail = async (name: string, p: Promise<{ ok: boolean; reason?: string }>, why: RegExp): Promise<void> => {
