@@ -28,8 +28,8 @@ export const CATALOGUE = {
     fix: 'Write ranges as `start-end` with start <= end, and give the host and container ranges the same length (or a single container port only with a single host port).',
   },
   PF_IP_INVALID: {
-    meaning: 'An IP address is not a valid IPv4 or IPv6 address.',
-    fix: 'Write a literal address (no host names): `127.0.0.1`, `0.0.0.0`, `::1`, `fd00::2`; IPv6 inside brackets in a `-p` spec.',
+    meaning: 'An IP address is not a valid IPv4 or IPv6 address, or cannot serve where it stands (an IPv4-mapped `::ffff:a.b.c.d`; a broadcast, multicast or unspecified container IP).',
+    fix: 'Write a literal address (no host names): `127.0.0.1`, `0.0.0.0`, `::1`, `fd00::2`; IPv6 inside brackets in a `-p` spec; an IPv4 address as itself, not as `::ffff:…`.',
   },
   PF_PROTOCOL_INVALID: {
     meaning: 'A protocol other than tcp or udp was given.',
@@ -55,6 +55,14 @@ export const CATALOGUE = {
     meaning: 'The configuration file could not be read.',
     fix: 'Check that the path given with -c exists and is readable by the user running portferry.',
   },
+  PF_CONFIG_NOT_FILE: {
+    meaning: 'The configuration path is not a regular file (a FIFO, a device such as /dev/zero, a socket or a directory); it was not read.',
+    fix: 'Give -c the path of a regular file; to feed a generated config, write it to a file first.',
+  },
+  PF_CONFIG_TOO_LARGE: {
+    meaning: 'The configuration file is larger than the maximum of 1 MiB; it was not read.',
+    fix: 'Check that -c names the right file; split a huge set of mappings over several portferry processes.',
+  },
   PF_CONFIG_PARSE: {
     meaning: 'The configuration file is not valid YAML (or JSON).',
     fix: 'Fix the syntax at the line and column named in the message.',
@@ -62,6 +70,14 @@ export const CATALOGUE = {
   PF_CONFLICT: {
     meaning: 'Two mappings claim the same host address, port and protocol.',
     fix: 'Give each mapping its own host port, or distinct host IPs; a port without host IP covers 0.0.0.0 and :: and so overlaps every address of both families.',
+  },
+  PF_NAME_DUPLICATE: {
+    meaning: 'Two mappings have the same name (a name is how a mapping is listed, removed and logged).',
+    fix: 'Give each mapping its own `name`, or leave `name` out to get one derived from the protocol, host IP and port.',
+  },
+  PF_LISTENER_LIMIT: {
+    meaning: 'The mappings need more listeners (host addresses × host ports) than the maximum of 4096 per process.',
+    fix: 'Publish fewer or shorter port ranges, give a host IP (a mapping without one listens on 0.0.0.0 and :: and counts twice), or split the mappings over several processes.',
   },
   PF_NO_MAPPINGS: {
     meaning: 'No mapping was given.',
@@ -72,14 +88,14 @@ export const CATALOGUE = {
     fix: 'Give the path of a network namespace: `/proc/<pid>/ns/net` of a process inside the container, or `/run/netns/<name>`.',
   },
   PF_USAGE: {
-    meaning: 'The command line is not valid.',
+    meaning: 'The command line is not valid (an unknown option or command, a missing or malformed argument); exit code 2.',
     fix: 'Run `portferry <command> --help` for the options.',
   },
 
   // -- binding and serving (src/proxy) --
   PF_BIND_ADDRINUSE: {
     meaning: 'The host address and port of a mapping is already in use by another socket.',
-    fix: 'Stop whatever holds the port (`ss -ltnup | grep :PORT` shows it) or choose another host port.',
+    fix: "Stop whatever holds the port (`ss -lntup 'sport = :PORT'` shows it) or choose another host port.",
   },
   PF_BIND_EACCES: {
     meaning: 'The host port is below net.ipv4.ip_unprivileged_port_start and portferry is not privileged.',
@@ -98,7 +114,7 @@ export const CATALOGUE = {
     fix: 'Check the container is running and reachable from the host (or from its netns), or raise connectTimeout.',
   },
   PF_DIAL_FAILED: {
-    meaning: 'Connecting to the container failed (refused, unreachable).',
+    meaning: 'Connecting to the container failed (refused, unreachable), or no descriptor was left here to dial it (EMFILE, ENFILE).',
     fix: 'Check the container listens on the container port and that its IP is right; the client was disconnected and the listener keeps serving.',
   },
   PF_WORKER: {

@@ -6,14 +6,16 @@ import { registerPortsCommand } from './ports.js';
 import { registerRulesCommand } from './rules.js';
 import { registerRunCommand } from './run.js';
 import { registerValidateCommand } from './validate.js';
-import { EXIT_USAGE } from './common.js';
+import { EXIT_OK, reportError, usageFromCommander } from './common.js';
 import { VERSION } from '../version.js';
 
 const program = new Command()
   .name('portferry')
   .description('userspace TCP/UDP port forwarder for containers (the fallback when kernel DNAT is unavailable)')
   .version(VERSION)
-  .showHelpAfterError('(run with --help for usage)')
+  // Parse errors are reported below as PF_USAGE with a hint (exit 2), not as commander's own text.
+  // Set before the commands are registered: they inherit both settings.
+  .configureOutput({ outputError: () => {} })
   .exitOverride();
 
 registerRunCommand(program);
@@ -27,7 +29,8 @@ try {
   await program.parseAsync(process.argv);
 } catch (err) {
   if (err instanceof CommanderError) {
-    process.exitCode = err.exitCode === 0 ? 0 : EXIT_USAGE;
+    // --help and --version end with exit code 0; everything else is a bad command line.
+    process.exitCode = err.exitCode === 0 ? EXIT_OK : reportError(usageFromCommander(err, program, process.argv));
   } else {
     throw err;
   }

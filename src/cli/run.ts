@@ -17,10 +17,11 @@ import { formatHostPort } from '../addr.js';
 import type { StatsRow } from '../forwarder/engine.js';
 import { PortferryError, isPortferryError } from '../errors.js';
 import { Forwarder } from '../forwarder/forwarder.js';
+import { selfTest } from '../internals.js';
 import { logReady } from '../forwarder/ready.js';
 import { WorkerEngine, runWorker } from '../forwarder/workers.js';
 import { createLogger, type LogFormat, type LogLevel, type Logger } from '../log.js';
-import { EXIT_FAILURE, EXIT_OK, durationArg, loadFromFlags, logFormatArg, logLevelArg, mappingOptions, reportError, type MappingFlags } from './common.js';
+import { EXIT_FAILURE, EXIT_OK, durationOption, loadFromFlags, logFormatArg, logLevelArg, mappingOptions, reportError, type MappingFlags } from './common.js';
 import { VERSION } from '../version.js';
 
 interface RunFlags extends MappingFlags {
@@ -53,10 +54,10 @@ export function registerRunCommand(program: Command): void {
     .command('run')
     .description('forward the given mappings until SIGTERM/SIGINT; with --api, take more at runtime');
   mappingOptions(cmd)
+    .addOption(durationOption('--drain-timeout <duration>', 'on SIGTERM/SIGINT, let open connections finish for this long', DEFAULTS.drainTimeoutMs ?? 10_000))
     .option('--api [path]', `serve the runtime API on this unix socket (rootlesskit-compatible /v1/ports and native /v1/mappings; default ${defaultApiSocket()})`)
     .option('--metrics <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464)', metricsArg)
     .option('--state <file>', 'keep the mappings added at runtime in this file (atomic writes) and restore them, same ids, on the next start')
-    .option('--drain-timeout <duration>', 'on SIGTERM/SIGINT, let open connections finish for this long (default: 10s)', durationArg, DEFAULTS.drainTimeoutMs)
     .option('--log-level <level>', 'trace|debug|info|warn|error|fatal|silent', logLevelArg, 'info')
     .option('--log-format <format>', 'json (default) or pretty', logFormatArg, 'json')
     .option('--workers <n>', 'TCP worker processes sharing each listening socket (auto: one per CPU); UDP stays in the main process', workersArg, 1)
@@ -79,7 +80,7 @@ async function loadCommandLine(flags: RunFlags, mayBeEmpty: boolean): Promise<re
   try {
     return await loadFromFlags(flags);
   } catch (err) {
-    if (mayBeEmpty && isPortferryError(err) && err.code === 'PF_NO_MAPPINGS' && flags.publish.length === 0 && flags.config === undefined) return [];
+    if (mayBeEmpty && isPortferryError(err) && err.code === 'PF_NO_MAPPINGS' && (flags.publish ?? []).length === 0 && flags.config === undefined) return [];
     throw err;
   }
 }
@@ -90,6 +91,10 @@ async function serve(flags: RunFlags, logger: Logger): Promise<number | undefine
   let forwarder: Forwarder | null = null;
   let api: ApiServer | null = null;
   let metrics: MetricsServer | null = null;
+  const fastPaths = await selfTest();
+  for (const [name, status] of Object.entries(fastPaths)) {
+    if (!status.on) logger.warn({ fastPath: name, why: status.why }, 'a fast path of the data path is off; the public Node API is used instead (slower, same bytes)');
+  }
   try {
     const mappings = await loadCommandLine(flags, apiPath !== undefined || flags.state !== undefined);
     // A state file that cannot be used stops the start before anything is bound.
@@ -114,7 +119,7 @@ async function serve(flags: RunFlags, logger: Logger): Promise<number | undefine
     return reportError(err);
   }
   const running = forwarder;
-  logReady(logger, running, { ...(api !== null ? { api: api.socketPath } : {}), ...(metrics !== null ? { metrics: formatHostPort(metrics.address.ip, metrics.address.port) } : {}), ...(flags.state !== undefined ? { state: flags.state } : {}) });
+  logReady(logger, running, { fastPaths: Object.fromEntries(Object.entries(fastPaths).map(([k, v]) => [k, v.on])), ...(api !== null ? { api: api.socketPath } : {}), ...(metrics !== null ? { metrics: formatHostPort(metrics.address.ip, metrics.address.port) } : {}), ...(flags.state !== undefined ? { state: flags.state } : {}) });
   notifySystemd(logger);
 
   let stopping = false;
