@@ -18,6 +18,7 @@ import type { StatsRow } from '../forwarder/engine.js';
 import { PortferryError, isPortferryError } from '../errors.js';
 import { Forwarder } from '../forwarder/forwarder.js';
 import { selfTest } from '../internals.js';
+import { raiseNofileLimit } from '../limits.js';
 import { logReady } from '../forwarder/ready.js';
 import { WorkerEngine, runWorker } from '../forwarder/workers.js';
 import { createLogger, type LogFormat, type LogLevel, type Logger } from '../log.js';
@@ -91,6 +92,7 @@ async function serve(flags: RunFlags, logger: Logger): Promise<number | undefine
   let forwarder: Forwarder | null = null;
   let api: ApiServer | null = null;
   let metrics: MetricsServer | null = null;
+  raiseNofileLimit(logger);
   const fastPaths = await selfTest();
   for (const [name, status] of Object.entries(fastPaths)) {
     if (!status.on) logger.warn({ fastPath: name, why: status.why }, 'a fast path of the data path is off; the public Node API is used instead (slower, same bytes)');

@@ -7,6 +7,7 @@ import net from 'node:net';
 import type { Binding, Endpoint, Listener, RelayResult, TcpStats } from '../api.js';
 import { PortferryError, errnoCode } from '../errors.js';
 import type { Logger } from '../log.js';
+import { RateLimitedWarner } from './warn.js';
 import { bindError, closedBeforeListening } from './bind-error.js';
 import type { DialAttempt, Dialer } from './dialer.js';
 import { buildConnectionHeader } from './header-hook.js';
@@ -20,7 +21,6 @@ export interface TcpListenerDeps {
 }
 
 const LISTEN_BACKLOG = 4096;
-const WARN_INTERVAL_MS = 10_000;
 const noop = (): void => {};
 
 /**
@@ -43,17 +43,19 @@ export class TcpListener implements Listener {
   private closed: Promise<void> | null = null;
   private nextId = 1;
   private counts = { accepted: 0, refused: 0, dialFailures: 0, acceptErrors: 0, bytesToContainer: 0, bytesToClient: 0 };
-  private lastWarn = new Map<string, number>();
   /** Set by close(): re-checks whether the drain is complete; called whenever a connection ends. */
   private drainCheck: () => void = noop;
 
   /** 'close' of a client being dialled for; `this` is the socket (one function per listener). */
   private readonly clientLeftWhileDialling: (this: net.Socket) => void;
 
+  private readonly warner: RateLimitedWarner;
+
   constructor(
     readonly binding: Binding,
     private readonly deps: TcpListenerDeps,
   ) {
+    this.warner = new RateLimitedWarner(deps.logger);
     const listener = this;
     this.clientLeftWhileDialling = function (this: net.Socket): void {
       listener.clientLeft(this);
@@ -173,14 +175,7 @@ export class TcpListener implements Listener {
 
   private onAcceptError(err: Error): void {
     this.counts.acceptErrors++;
-    this.warnLimited('accept', { err: errnoCode(err) ?? err.message, acceptErrors: this.counts.acceptErrors }, 'accept failed; the listener keeps serving (raise `ulimit -n` if this is EMFILE)');
-  }
-
-  private warnLimited(key: string, fields: Record<string, unknown>, msg: string): void {
-    const now = Date.now();
-    if (now - (this.lastWarn.get(key) ?? 0) < WARN_INTERVAL_MS) return;
-    this.lastWarn.set(key, now);
-    this.deps.logger.warn(fields, msg);
+    this.warner.warn('accept', { err: errnoCode(err) ?? err.message, acceptErrors: this.counts.acceptErrors }, 'accept failed; the listener keeps serving (raise `ulimit -n` if this is EMFILE)');
   }
 
   private onConnection(client: net.Socket): void {
@@ -193,7 +188,7 @@ export class TcpListener implements Listener {
     }
     if (mapping.maxConnections > 0 && this.relays.size + this.dialling.size >= mapping.maxConnections) {
       this.counts.refused++;
-      this.warnLimited('limit', { maxConnections: mapping.maxConnections, refused: this.counts.refused }, 'connection limit reached; new connections are refused');
+      this.warner.warn('limit', { maxConnections: mapping.maxConnections, refused: this.counts.refused }, 'connection limit reached; new connections are refused');
       client.resetAndDestroy();
       return;
     }
@@ -239,7 +234,7 @@ export class TcpListener implements Listener {
     try {
       header = buildConnectionHeader(this.binding, client, uniqueId);
     } catch (e) {
-      this.warnLimited('header', { err: errnoCode(e) ?? (e as Error).message }, 'cannot build the PROXY header; the connection is closed');
+      this.warner.warn('header', { err: errnoCode(e) ?? (e as Error).message }, 'cannot build the PROXY header; the connection is closed');
       container.destroy();
       client.resetAndDestroy();
       this.drainCheck();
@@ -260,9 +255,9 @@ export class TcpListener implements Listener {
       logger.debug({ conn: id, client: `${client.remoteAddress}:${client.remotePort}`, err: code, errno }, 'dial to container failed');
     }
     if (errno === 'EMFILE' || errno === 'ENFILE') {
-      this.warnLimited('dial-local', { err: code, errno, dialFailures: this.counts.dialFailures }, `no descriptor left here to dial the container (${errno}: a local shortage, not the container); clients are disconnected — raise \`ulimit -n\``);
+      this.warner.warn('dial-local', { err: code, errno, dialFailures: this.counts.dialFailures }, `no descriptor left here to dial the container (${errno}: a local shortage, not the container); clients are disconnected — raise \`ulimit -n\``);
     } else {
-      this.warnLimited('dial', { err: code, errno, dialFailures: this.counts.dialFailures }, `connecting to the container failed (${errno}); clients are disconnected, the listener keeps serving`);
+      this.warner.warn('dial', { err: code, errno, dialFailures: this.counts.dialFailures }, `connecting to the container failed (${errno}); clients are disconnected, the listener keeps serving`);
     }
     // The client learns of the failure as a reset, not as an empty successful exchange.
     if (!client.destroyed) client.resetAndDestroy();

@@ -75,7 +75,7 @@ t.test('logs: one ready line, nothing per connection at info level', async (t) =
   p.child.kill('SIGTERM');
   t.equal(await p.exited, 0);
   const lines = p.stderr().trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
-  t.same(lines.map((l) => l['msg']), ['ready', 'stopping: no new connections; open ones may finish', 'stopped'], 'no per-connection lines');
+  t.same(lines.map((l) => l['msg']), ['descriptor limit', 'ready', 'stopping: no new connections; open ones may finish', 'stopped'], 'the limit at start, one ready line, no per-connection lines');
 });
 
 t.test('SIGTERM with a transfer in flight: the transfer completes, then exit 0', async (t) => {
