@@ -11,7 +11,7 @@ import t, { type Test } from 'tap';
 import { execCommand } from '../../src/exec.js';
 import { skipUnless } from '../helpers/env.js';
 import { repoRoot } from '../helpers/net.js';
-import { nsName } from '../rules/ns.js';
+import { nsName } from '../helpers/netns.js';
 
 const SCRIPT = path.join(repoRoot, 'test/fixtures/cni/podman.sh');
 const gate = skipUnless({ root: true, tools: ['podman', 'runc', 'conmon', 'busybox', 'nsenter', 'unshare', 'ip', 'iptables', 'nft', '/usr/lib/cni/bridge'] });

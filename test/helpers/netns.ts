@@ -1,13 +1,25 @@
-// A throwaway network namespace for tests that need a known per-namespace sysctl (such as
-// net.ipv4.ip_unprivileged_port_start) instead of whatever the host has. Removed in teardown.
+// The one way tests make a throwaway network namespace: `pf-<purpose>-<hex>`, lo up, optional
+// per-namespace sysctls (such as net.ipv4.ip_unprivileged_port_start, instead of whatever the host
+// has), removed in teardown also when the test fails. Needs root and ip.
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 
-/** Creates `pf-<purpose>-<hex>` with lo up and the given sysctls; returns its name. Needs root and ip. */
+/** A fresh namespace name: `pf-<purpose>-<8 hex>`. */
+export function nsName(purpose: string): string {
+  return `pf-${purpose}-${randomBytes(4).toString('hex')}`;
+}
+
+/** Creates the namespace and registers its removal right away; returns its name. */
 export function scratchNetns(teardown: (fn: () => unknown) => void, purpose: string, sysctls: Readonly<Record<string, string>> = {}): string {
-  const name = `pf-${purpose}-${randomBytes(4).toString('hex')}`;
+  const name = nsName(purpose);
   execFileSync('ip', ['netns', 'add', name]);
-  teardown(() => execFileSync('ip', ['netns', 'del', name]));
+  teardown(() => {
+    try {
+      execFileSync('ip', ['netns', 'del', name], { stdio: 'ignore' });
+    } catch {
+      // already gone
+    }
+  });
   execFileSync('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
   for (const [key, value] of Object.entries(sysctls)) execFileSync('ip', ['netns', 'exec', name, 'sysctl', '-q', '-w', `${key}=${value}`]);
   return name;

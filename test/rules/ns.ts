@@ -1,30 +1,18 @@
 // Test fixture: throwaway network namespaces (pf-<random>) and commands run inside them.
 // Every namespace is removed in the test's teardown, also when the test fails.
-import { execFile, execFileSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import type { Test } from 'tap';
+import { nsName, scratchNetns } from '../helpers/netns.js';
 import { localRunner, prefixedRunner, type CommandResult, type CommandRunner } from '../../src/rules/apply.js';
 
 const execFileP = promisify(execFile);
 
-export function nsName(tag: string): string {
-  return `pf-${tag}-${randomBytes(4).toString('hex')}`;
-}
+export { nsName };
 
 /** Creates a namespace (lo up) and registers its removal right away. */
 export function makeNs(t: Test, tag: string): string {
-  const name = nsName(tag);
-  execFileSync('ip', ['netns', 'add', name]);
-  t.teardown(() => {
-    try {
-      execFileSync('ip', ['netns', 'del', name], { stdio: 'ignore' });
-    } catch {
-      // already gone
-    }
-  });
-  execFileSync('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
-  return name;
+  return scratchNetns(t.teardown.bind(t), tag);
 }
 
 export function nsRunner(name: string): CommandRunner {
