@@ -18,6 +18,8 @@ export interface TcpListenerDeps {
   readonly dialer: Dialer;
   /** A child logger for this mapping; per-connection lines are debug only. */
   readonly logger: Logger;
+  /** Adopt this already listening (or bound) socket instead of binding the host address (docker's -use-listen-fd). */
+  readonly fd?: number;
 }
 
 const LISTEN_BACKLOG = 4096;
@@ -53,7 +55,8 @@ export class TcpListener implements Listener {
         reject(bindError(err, this.binding));
       };
       server.once('error', onListenError);
-      server.listen({ host: host.ip, port: host.port, ipv6Only: host.ip.includes(':'), backlog: LISTEN_BACKLOG }, () => {
+      const where = this.deps.fd !== undefined ? { fd: this.deps.fd } : { host: host.ip, port: host.port, ipv6Only: host.ip.includes(':') };
+      server.listen({ ...where, backlog: LISTEN_BACKLOG }, () => {
         server.off('error', onListenError);
         // After listening, errors come from accept (EMFILE, ENFILE …). libuv keeps the listener
         // armed and sheds the pending connection with its reserve descriptor; we count and warn.

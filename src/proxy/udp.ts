@@ -48,6 +48,8 @@ export interface UdpListenerDeps {
    * the last scan. Default 10 s; 0 turns re-scanning off (the wildcard socket still serves them).
    */
   readonly addressRescanMs?: number;
+  /** Adopt this already bound socket as the only host socket instead of binding (docker's -use-listen-fd). */
+  readonly fd?: number;
 }
 
 /** The largest UDP payload: 65535 - 20 (IPv4 header) - 8 (UDP header); IPv6: 65535 - 8. */
@@ -127,6 +129,7 @@ export class UdpListener implements Listener {
   private readonly maxFlows: number;
   private readonly sweepMs: number;
   private readonly rescanMs: number;
+  private readonly fd: number | undefined;
   private readonly flows = new FlowTable<Flow>();
   /** By local address ('' for the wildcard socket). */
   private readonly hostSockets = new Map<string, HostSocket>();
@@ -170,6 +173,7 @@ export class UdpListener implements Listener {
     this.maxFlows = binding.mapping.udpMaxFlows;
     this.sweepMs = Math.min(SWEEP_MAX_MS, Math.max(SWEEP_MIN_MS, Math.floor(this.idleMs / 4)));
     this.rescanMs = deps.addressRescanMs ?? DEFAULT_RESCAN_MS;
+    this.fd = deps.fd;
   }
 
   listen(): Promise<void> {
@@ -245,7 +249,7 @@ export class UdpListener implements Listener {
   private async bindAll(): Promise<void> {
     const { host } = this.binding;
     if (this.state !== 'new') throw this.notListening();
-    if (!isUnspecified(host.ip)) {
+    if (this.fd !== undefined || !isUnspecified(host.ip)) {
       const hs = await this.bindHostSocket(host.ip, host.port, false);
       this.bound = { ip: host.ip, port: hs.local.port };
     } else {
@@ -314,7 +318,7 @@ export class UdpListener implements Listener {
         reject(bindError(err, this.binding, { ip, port }));
       };
       socket.once('error', onBindError);
-      socket.bind({ port, address: ip, exclusive: true }, () => {
+      socket.bind(this.fd !== undefined ? { fd: this.fd } : { port, address: ip, exclusive: true }, () => {
         socket.off('error', onBindError);
         const hs: HostSocket = { socket, local: { ip, port: socket.address().port }, wildcard: isUnspecified(ip), closed: false };
         if (this.state === 'destroyed' || this.state === 'closing') {
