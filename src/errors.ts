@@ -28,8 +28,8 @@ export const CATALOGUE = {
     fix: 'Write ranges as `start-end` with start <= end, and give the host and container ranges the same length (or a single container port only with a single host port).',
   },
   PF_IP_INVALID: {
-    meaning: 'An IP address is not a valid IPv4 or IPv6 address.',
-    fix: 'Write a literal address (no host names): `127.0.0.1`, `0.0.0.0`, `::1`, `fd00::2`; IPv6 inside brackets in a `-p` spec.',
+    meaning: 'An IP address is not a valid IPv4 or IPv6 address, or cannot serve where it stands (an IPv4-mapped `::ffff:a.b.c.d`; a broadcast, multicast or unspecified container IP).',
+    fix: 'Write a literal address (no host names): `127.0.0.1`, `0.0.0.0`, `::1`, `fd00::2`; IPv6 inside brackets in a `-p` spec; an IPv4 address as itself, not as `::ffff:…`.',
   },
   PF_PROTOCOL_INVALID: {
     meaning: 'A protocol other than tcp or udp was given.',
@@ -55,6 +55,14 @@ export const CATALOGUE = {
     meaning: 'The configuration file could not be read.',
     fix: 'Check that the path given with -c exists and is readable by the user running portferry.',
   },
+  PF_CONFIG_NOT_FILE: {
+    meaning: 'The configuration path is not a regular file (a FIFO, a device such as /dev/zero, a socket or a directory); it was not read.',
+    fix: 'Give -c the path of a regular file; to feed a generated config, write it to a file first.',
+  },
+  PF_CONFIG_TOO_LARGE: {
+    meaning: 'The configuration file is larger than the maximum of 1 MiB; it was not read.',
+    fix: 'Check that -c names the right file; split a huge set of mappings over several portferry processes.',
+  },
   PF_CONFIG_PARSE: {
     meaning: 'The configuration file is not valid YAML (or JSON).',
     fix: 'Fix the syntax at the line and column named in the message.',
@@ -62,6 +70,14 @@ export const CATALOGUE = {
   PF_CONFLICT: {
     meaning: 'Two mappings claim the same host address, port and protocol.',
     fix: 'Give each mapping its own host port, or distinct host IPs; a port without host IP covers 0.0.0.0 and :: and so overlaps every address of both families.',
+  },
+  PF_NAME_DUPLICATE: {
+    meaning: 'Two mappings have the same name (a name is how a mapping is listed, removed and logged).',
+    fix: 'Give each mapping its own `name`, or leave `name` out to get one derived from the protocol, host IP and port.',
+  },
+  PF_LISTENER_LIMIT: {
+    meaning: 'The mappings need more listeners (host addresses × host ports) than the maximum of 4096 per process.',
+    fix: 'Publish fewer or shorter port ranges, give a host IP (a mapping without one listens on 0.0.0.0 and :: and counts twice), or split the mappings over several processes.',
   },
   PF_NO_MAPPINGS: {
     meaning: 'No mapping was given.',
@@ -72,14 +88,14 @@ export const CATALOGUE = {
     fix: 'Give the path of a network namespace: `/proc/<pid>/ns/net` of a process inside the container, or `/run/netns/<name>`.',
   },
   PF_USAGE: {
-    meaning: 'The command line is not valid.',
+    meaning: 'The command line is not valid (an unknown option or command, a missing or malformed argument); exit code 2.',
     fix: 'Run `portferry <command> --help` for the options.',
   },
 
   // -- binding and serving (src/proxy) --
   PF_BIND_ADDRINUSE: {
     meaning: 'The host address and port of a mapping is already in use by another socket.',
-    fix: 'Stop whatever holds the port (`ss -ltnup | grep :PORT` shows it) or choose another host port.',
+    fix: "Stop whatever holds the port (`ss -lntup 'sport = :PORT'` shows it) or choose another host port.",
   },
   PF_BIND_EACCES: {
     meaning: 'The host port is below net.ipv4.ip_unprivileged_port_start and portferry is not privileged.',
@@ -120,6 +136,32 @@ export const CATALOGUE = {
     fix: 'Check the mapping\'s proxyProtocol options; v1 carries only TCP over IPv4/IPv6, use v2 for UDP.',
   },
 
+  // -- metrics and the state file (src/control/metrics.ts, src/control/state.ts) --
+  PF_METRICS_ADDRESS: {
+    meaning: 'The `--metrics` address is not `HOST:PORT` with a literal IP address and a port from 0 to 65535.',
+    fix: 'Write e.g. `127.0.0.1:9464`, `[::1]:9464`, or `0.0.0.0:9464` to serve every address (IPv6 in brackets; port 0 picks a free port, logged at start).',
+  },
+  PF_STATE_DIR: {
+    meaning: 'The directory of the `--state` file does not exist or is not a directory.',
+    fix: 'Create it (`mkdir -p -m 0700 DIR`) or give `--state` a path in an existing directory.',
+  },
+  PF_STATE_READ: {
+    meaning: 'The `--state` file exists but could not be read; portferry did not start and left the file as it was.',
+    fix: 'Check its permissions (portferry writes it 0600, readable by the user that runs it) and that it is a regular file.',
+  },
+  PF_STATE_PARSE: {
+    meaning: 'The `--state` file is not valid JSON (truncated or edited by hand); portferry did not start and left the file as it was.',
+    fix: 'Restore the file from a backup or repair it; to start without the runtime mappings it kept, move it aside (`mv FILE FILE.bad`) and start again.',
+  },
+  PF_STATE_INVALID: {
+    meaning: 'The `--state` file is JSON but not a portferry state (wrong version or shape, or a mapping that no longer validates); portferry did not start and left the file as it was.',
+    fix: 'Fix what the message names, or move the file aside (`mv FILE FILE.bad`) to start without the runtime mappings it kept.',
+  },
+  PF_STATE_WRITE: {
+    meaning: 'Writing the `--state` file failed; the previous state file is unchanged.',
+    fix: 'Read the system error in the message: check the directory is writable and the file system has space.',
+  },
+
   // -- kernel rules (src/rules) --
   PF_RULES_TOOL_MISSING: {
     meaning: 'The iptables, ip6tables, nft, sysctl or conntrack command needed for kernel rules is not installed.',
@@ -132,6 +174,28 @@ export const CATALOGUE = {
   PF_RULES_CHECK: {
     meaning: 'Some of the expected kernel rules are missing.',
     fix: 'Run `portferry rules … --apply` with the same arguments to install them again.',
+  },
+
+  // -- the running forwarder and its runtime API (src/forwarder, src/control) --
+  PF_SHUTTING_DOWN: {
+    meaning: 'The forwarder is stopping, so it takes no new mappings.',
+    fix: 'Wait until it has stopped and start it again, or send the change to the new instance.',
+  },
+  PF_API_REQUEST: {
+    meaning: 'A runtime API request is malformed: not JSON, too large, an unknown route or method, or a body of the wrong shape.',
+    fix: 'Send JSON as docs/api.md describes (`Content-Type: application/json`, at most 1 MiB); the message names what was wrong.',
+  },
+  PF_API_NOT_FOUND: {
+    meaning: 'No mapping or port with that id exists.',
+    fix: 'List what exists with `portferry ports ls` (or GET /v1/ports); ids are never reused.',
+  },
+  PF_API_SOCKET: {
+    meaning: 'The runtime API socket could not be created, or another live portferry already serves it.',
+    fix: 'Give `--api` a path in a directory portferry may create and own (mode 0700); if another instance serves that path, stop it or choose another path.',
+  },
+  PF_API_UNREACHABLE: {
+    meaning: 'No portferry daemon answers on the runtime API socket.',
+    fix: 'Start one with `portferry run --api PATH` (or check the path: `--api`, default /run/portferry/api.sock as root).',
   },
 
   // -- benchmarks and namespaces (bench, src/netns) --

@@ -20,6 +20,8 @@ done
 for tool in dockerd containerd runc; do command -v "$tool" >/dev/null 2>&1 || want+=(docker.io); done
 dpkg -s busybox-static >/dev/null 2>&1 || want+=(busybox-static)
 [ -x /usr/bin/python3 ] || want+=(python3)
+# the Prometheus text parser the metrics tests read /metrics with (Debian's python3, not a pyenv one)
+/usr/bin/python3 -c 'import prometheus_client.parser' >/dev/null 2>&1 || want+=(python3-prometheus-client)
 [ ${#want[@]} -eq 0 ] && exit 0
 mapfile -t want < <(printf '%s\n' "${want[@]}" | sort -u)
 if [ "$(id -u)" != 0 ]; then

@@ -1,8 +1,7 @@
 // Shared CLI plumbing: option parsers, mapping loading from flags, error reporting, exit codes.
-import { InvalidArgumentError, type Command } from 'commander';
+import { CommanderError, InvalidArgumentError, Option, type Command } from 'commander';
 import type { Mapping } from '../api.js';
-import { loadMappings } from '../config/index.js';
-import { parseDuration } from '../config/validate.js';
+import { MAPPING_OPTION_KEYS, OPTIONS, formatDuration, loadMappings, parseDuration } from '../config/index.js';
 import { PortferryError, isPortferryError } from '../errors.js';
 import { LOG_LEVELS, type LogFormat, type LogLevel } from '../log.js';
 
@@ -32,35 +31,56 @@ export function logFormatArg(value: string): LogFormat {
   return value;
 }
 
+export { formatDuration } from '../config/index.js';
+
+/** --proxy-protocol for commands that keep their own flag (ports): the table's own parser. */
 export function proxyProtocolArg(value: string): 'v1' | 'v2' {
-  if (value !== 'v1' && value !== 'v2') throw new InvalidArgumentError('use v1 or v2');
-  return value;
+  const v = OPTIONS.proxyProtocol.parse(value);
+  if (v === 'v1' || v === 'v2') return v;
+  throw new InvalidArgumentError('use v1 or v2');
 }
 
-/** Adds the mapping source options shared by run, validate and rules. */
+/**
+ * A duration option whose default shows in --help as written (`(default: 10s)`, not 10000):
+ * `cmd.addOption(durationOption('--drain-timeout <duration>', 'help text', DEFAULTS.drainTimeoutMs))`.
+ */
+export function durationOption(flags: string, description: string, defaultMs: number): Option {
+  return new Option(flags, description).argParser(durationArg).default(defaultMs, formatDuration(defaultMs));
+}
+
+/**
+ * Adds the mapping source options shared by run and validate: -p, -c, --container-ip, and a flag
+ * for every per-mapping option of the table that has one (config/options.ts), applied to the -p
+ * mappings and checked by the same parser as a file's value.
+ */
 export function mappingOptions(cmd: Command): Command {
-  return cmd
-    .option('-p, --publish <spec>', 'publish a port: [hostIP:]hostPort[-end]:containerIP:containerPort[-end][/tcp|/udp] (repeatable)', collect, [])
-    .option('-c, --config <file>', 'YAML config file with a `mappings` list (or CNI JSON with runtimeConfig.portMappings)')
-    .option('--proxy-protocol <version>', 'send a PROXY protocol header (v1|v2) on the -p mappings', proxyProtocolArg)
-    .option('--netns <path>', 'dial the -p mappings\' containers from inside this network namespace (/proc/PID/ns/net, /run/netns/NAME)')
+  cmd
+    .option('-p, --publish <spec>', 'publish a port: [hostIP:]hostPort[-end]:containerIP:containerPort[-end][/tcp|/udp] (repeatable)', collect)
+    .option('-c, --config <file>', 'YAML config file with a `mappings` list (or CNI JSON with runtimeConfig.portMappings); a regular file of at most 1 MiB')
     .option('--container-ip <ip>', 'container address for a CNI portMappings file (which carries none)');
+  for (const key of MAPPING_OPTION_KEYS) {
+    const flag = (OPTIONS[key] as { flag?: { spec: string; help: string } }).flag;
+    if (flag !== undefined) cmd.option(flag.spec, flag.help);
+  }
+  return cmd;
 }
 
 export interface MappingFlags {
-  readonly publish: string[];
+  /** Absent when no -p was given (no `(default: [])` in --help). */
+  readonly publish?: string[];
   readonly config?: string;
-  readonly proxyProtocol?: 'v1' | 'v2';
-  readonly netns?: string;
   readonly containerIp?: string;
+  /** The option flags of the table (as given; loadFromFlags checks them with the table's parsers). */
+  readonly proxyProtocol?: string;
+  readonly netns?: string;
 }
 
 export function loadFromFlags(flags: MappingFlags): Promise<readonly Mapping[]> {
+  const given = flags as Readonly<Record<string, unknown>>;
   const specOptions: Record<string, unknown> = {};
-  if (flags.proxyProtocol !== undefined) specOptions['proxyProtocol'] = flags.proxyProtocol;
-  if (flags.netns !== undefined) specOptions['netns'] = flags.netns;
+  for (const key of MAPPING_OPTION_KEYS) if (given[key] !== undefined) specOptions[key] = given[key];
   return loadMappings({
-    specs: flags.publish,
+    specs: flags.publish ?? [],
     ...(flags.config !== undefined ? { file: flags.config } : {}),
     ...(flags.containerIp !== undefined ? { containerIP: flags.containerIp } : {}),
     specOptions,
@@ -77,21 +97,20 @@ export function reportError(err: unknown): number {
   return EXIT_FAILURE;
 }
 
-/** One line per mapping, for `validate` and the ready log. */
-export function describeMapping(m: Mapping): Record<string, unknown> {
-  const range = (a: number, b: number): string => (a === b ? `${a}` : `${a}-${b}`);
-  return {
-    name: m.name,
-    protocol: m.protocol,
-    hostIP: m.hostIP ?? '*',
-    hostPort: range(m.hostPort, m.hostPortEnd),
-    containerIP: m.containerIP,
-    containerPort: range(m.containerPort, m.containerPortEnd),
-    ...(m.netns !== null ? { netns: m.netns } : {}),
-    ...(m.proxyProtocol !== null ? { proxyProtocol: m.proxyProtocol } : {}),
-  };
-}
+export { describeMapping } from '../forwarder/ready.js';
 
 export function usageError(message: string): PortferryError {
   return new PortferryError('PF_USAGE', message);
+}
+
+/** A commander parse error (unknown option, bad argument …) as PF_USAGE naming the command's --help. */
+export function usageFromCommander(err: CommanderError, program: Command, argv: readonly string[]): PortferryError {
+  const sub = program.commands.find((c) => argv.slice(2).includes(c.name()));
+  const help = `portferry${sub === undefined ? '' : ` ${sub.name()}`} --help`;
+  const message = err.message.replace(/^error: /, '').trim();
+  return new PortferryError('PF_USAGE', message === '' ? `the command line is not valid (${err.code})` : message, {
+    cause: err,
+    details: { commander: err.code },
+    hint: `Run \`${help}\` for the options${sub === undefined ? ' and commands' : ''}.`,
+  });
 }

@@ -5,16 +5,16 @@
 // is removed on exit. Where no namespace can be made, the backend runs on the host's loopback.
 import { spawn, type ChildProcess } from 'node:child_process';
 import http from 'node:http';
+import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
-import type { Mapping } from '../api.js';
-import { loadMappings } from '../config/index.js';
+import { mappingsFromObjects } from '../config/index.js';
 import { isPortferryError } from '../errors.js';
 import { createLogger, type LogLevel } from '../log.js';
 import { createTopology, type Topology } from '../netns/topology.js';
 import { EXIT_FAILURE, EXIT_OK, logLevelArg, reportError } from './common.js';
-import { startForwarder, type Forwarder } from './forwarder.js';
+import { startForwarder, type Forwarder } from '../forwarder/index.js';
 
 interface DemoFlags {
   readonly port: string;
@@ -92,6 +92,18 @@ async function startBackend(useNetns: boolean, say: (line: string) => void): Pro
   };
 }
 
+/** A TCP port free on 127.0.0.1 right now (the kernel's choice). */
+function freeLoopbackPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
 export function registerDemoCommand(program: Command): void {
   program
     .command('demo')
@@ -108,20 +120,21 @@ export function registerDemoCommand(program: Command): void {
       let backend: Backend | undefined;
       let forwarder: Forwarder | undefined;
       const cleanup = async (): Promise<void> => {
-        await forwarder?.stop(0);
+        await forwarder?.close(0);
         await backend?.stop();
       };
       try {
         backend = await startBackend(flags.netns, say);
         const b = backend;
         const start = async (port: string): Promise<Forwarder> => {
-          // Port 0 (any free port) is not a valid published port in a config, so the demo asks for
-          // a placeholder port and lets the kernel choose.
-          const any = port === '0';
-          const [m] = await loadMappings({ specs: [`127.0.0.1:${any ? '1' : port}:127.0.0.1:${b.containerPort}/tcp`], specOptions: b.netns === null ? {} : { netns: b.netns } });
-          if (m === undefined) throw new Error('demo mapping missing');
-          const mapping: Mapping = any ? { ...m, name: 'demo', hostPort: 0, hostPortEnd: 0 } : { ...m, name: 'demo' };
-          return startForwarder([mapping], logger);
+          // Port 0 (any free port) is not a valid published port, so the demo asks the kernel for
+          // a free one first; the mapping goes through validation like any other.
+          const hostPort = port === '0' ? await freeLoopbackPort() : port;
+          const mappings = mappingsFromObjects(
+            [{ name: 'demo', hostIP: '127.0.0.1', hostPort, containerIP: '127.0.0.1', containerPort: b.containerPort, ...(b.netns === null ? {} : { netns: b.netns }) }],
+            'demo',
+          );
+          return startForwarder(mappings, logger);
         };
         try {
           forwarder = await start(flags.port);
@@ -130,7 +143,7 @@ export function registerDemoCommand(program: Command): void {
           say(`note:      port ${flags.port} is taken; using a free port instead`);
           forwarder = await start('0');
         }
-        const hostPort = forwarder.manager.listeners()[0]?.address()?.port ?? 0;
+        const hostPort = forwarder.listeners()[0]?.address()?.port ?? 0;
         const url = `http://127.0.0.1:${hostPort}/`;
         say(`backend:   http://127.0.0.1:${b.containerPort}/ inside ${b.where}`);
         say(`published: ${url} -> 127.0.0.1:${b.containerPort}${b.netns !== null ? ` (dialled from inside ${b.netns})` : ''} through portferry`);

@@ -1,20 +1,21 @@
 // The command line: the only place that reads argv and env, wires modules, and picks exit codes.
 import { Command, CommanderError } from 'commander';
-import { readFileSync } from 'node:fs';
 import { registerBenchCommand } from './bench.js';
 import { registerDemoCommand } from './demo.js';
+import { registerPortsCommand } from './ports.js';
 import { registerRulesCommand } from './rules.js';
 import { registerRunCommand } from './run.js';
 import { registerValidateCommand } from './validate.js';
-import { EXIT_USAGE } from './common.js';
-
-const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+import { EXIT_OK, reportError, usageFromCommander } from './common.js';
+import { VERSION } from '../version.js';
 
 const program = new Command()
   .name('portferry')
   .description('userspace TCP/UDP port forwarder for containers (the fallback when kernel DNAT is unavailable)')
-  .version(pkg.version)
-  .showHelpAfterError('(run with --help for usage)')
+  .version(VERSION)
+  // Parse errors are reported below as PF_USAGE with a hint (exit 2), not as commander's own text.
+  // Set before the commands are registered: they inherit both settings.
+  .configureOutput({ outputError: () => {} })
   .exitOverride();
 
 registerRunCommand(program);
@@ -22,12 +23,14 @@ registerValidateCommand(program);
 registerDemoCommand(program);
 registerBenchCommand(program);
 registerRulesCommand(program);
+registerPortsCommand(program);
 
 try {
   await program.parseAsync(process.argv);
 } catch (err) {
   if (err instanceof CommanderError) {
-    process.exitCode = err.exitCode === 0 ? 0 : EXIT_USAGE;
+    // --help and --version end with exit code 0; everything else is a bad command line.
+    process.exitCode = err.exitCode === 0 ? EXIT_OK : reportError(usageFromCommander(err, program, process.argv));
   } else {
     throw err;
   }

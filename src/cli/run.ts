@@ -1,19 +1,44 @@
-// `portferry run`: load every mapping, bind every listener (or none), log `ready`, serve until
-// SIGTERM/SIGINT, drain for --drain-timeout, exit 0.
+// `portferry run`: parse argv, then hand everything to the forwarder service (src/forwarder):
+// bind every mapping (or none), restore the state file, serve the runtime API and metrics, log
+// `ready`, serve until SIGTERM/SIGINT, drain for --drain-timeout, exit 0. SIGHUP reloads the
+// command line's mappings (-p and the -c file) without touching the others.
+import { execFile } from 'node:child_process';
 import cluster from 'node:cluster';
 import os from 'node:os';
-import { InvalidArgumentError, type Command } from 'commander';
+import { InvalidArgumentError, Option, type Command } from 'commander';
+import type { Mapping } from '../api.js';
 import { DEFAULTS } from '../config/defaults.js';
-import { createLogger, type LogFormat, type LogLevel } from '../log.js';
-import { startForwarder, type Forwarder } from './forwarder.js';
-import { runWithWorkers, runWorker } from './workers.js';
-import { EXIT_OK, durationArg, loadFromFlags, logFormatArg, logLevelArg, mappingOptions, reportError, type MappingFlags } from './common.js';
+import { defaultApiSocket } from '../control/client.js';
+import { parseMetricsAddress, startMetricsServer, type MetricsRow, type MetricsServer } from '../control/metrics.js';
+import { startApiServer, type ApiServer } from '../control/server.js';
+import { loadState, saveState } from '../control/state.js';
+import { mappingToObject } from '../config/index.js';
+import { formatHostPort } from '../addr.js';
+import type { StatsRow } from '../forwarder/engine.js';
+import { PortferryError, isPortferryError } from '../errors.js';
+import { Forwarder } from '../forwarder/forwarder.js';
+import { logReady } from '../forwarder/ready.js';
+import { WorkerEngine, runWorker } from '../forwarder/workers.js';
+import { createLogger, type LogFormat, type LogLevel, type Logger } from '../log.js';
+import { EXIT_FAILURE, EXIT_OK, durationArg, loadFromFlags, logFormatArg, logLevelArg, mappingOptions, reportError, type MappingFlags } from './common.js';
+import { VERSION } from '../version.js';
 
 interface RunFlags extends MappingFlags {
   readonly logLevel: LogLevel;
   readonly logFormat: LogFormat;
   readonly drainTimeout: number;
   readonly workers: number;
+  readonly api?: string | true;
+  readonly metrics?: { host: string; port: number };
+  readonly state?: string;
+}
+
+function metricsArg(value: string): { host: string; port: number } {
+  try {
+    return parseMetricsAddress(value);
+  } catch (err) {
+    throw new InvalidArgumentError(isPortferryError(err) ? err.message : String(err));
+  }
 }
 
 function workersArg(value: string): number {
@@ -26,47 +51,132 @@ function workersArg(value: string): number {
 export function registerRunCommand(program: Command): void {
   const cmd = program
     .command('run')
-    .description('forward the given mappings until SIGTERM/SIGINT');
+    .description('forward the given mappings until SIGTERM/SIGINT; with --api, take more at runtime');
   mappingOptions(cmd)
-    .option('--drain-timeout <duration>', 'on SIGTERM/SIGINT, let open connections finish for this long', durationArg, DEFAULTS.drainTimeoutMs)
+    .addOption(new Option('--drain-timeout <duration>', 'on SIGTERM/SIGINT, let open connections finish for this long').argParser(durationArg).default(DEFAULTS.drainTimeoutMs, '10s'))
+    .option('--api [path]', `serve the runtime API on this unix socket (rootlesskit-compatible /v1/ports and native /v1/mappings; default ${defaultApiSocket()})`)
+    .option('--metrics <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464)', metricsArg)
+    .option('--state <file>', 'keep the mappings added at runtime in this file (atomic writes) and restore them, same ids, on the next start')
     .option('--log-level <level>', 'trace|debug|info|warn|error|fatal|silent', logLevelArg, 'info')
     .option('--log-format <format>', 'json (default) or pretty', logFormatArg, 'json')
     .option('--workers <n>', 'TCP worker processes sharing each listening socket (auto: one per CPU); UDP stays in the main process', workersArg, 1)
     .action(async (flags: RunFlags) => {
-      if (cluster.isWorker) {
-        runWorker(createLogger({ level: flags.logLevel, format: flags.logFormat }).child({ worker: cluster.worker?.id }));
-        return;
-      }
       const logger = createLogger({ level: flags.logLevel, format: flags.logFormat });
-      let forwarder: Forwarder;
-      try {
-        const mappings = await loadFromFlags(flags);
-        if (flags.workers > 1 && mappings.some((m) => m.protocol === 'tcp')) {
-          await runWithWorkers(mappings, { workers: flags.workers, drainTimeoutMs: flags.drainTimeout }, logger);
-          return;
-        }
-        forwarder = await startForwarder(mappings, logger);
-      } catch (err) {
-        process.exitCode = reportError(err);
-        logger.flush();
+      if (cluster.isWorker) {
+        runWorker(logger.child({ worker: cluster.worker?.id }));
         return;
       }
-      let stopping = false;
-      const onSignal = (signal: NodeJS.Signals): void => {
-        if (stopping) {
-          logger.warn({ signal }, 'second signal: closing every connection now');
-          forwarder.manager.destroy();
-          return;
-        }
-        stopping = true;
-        logger.info({ signal, drainTimeoutMs: flags.drainTimeout }, 'stopping: no new connections; open ones may finish');
-        void forwarder.stop(flags.drainTimeout).then(() => {
-          logger.info('stopped');
-          logger.flush();
-          process.exit(EXIT_OK);
-        });
-      };
-      process.on('SIGTERM', onSignal);
-      process.on('SIGINT', onSignal);
+      const code = await serve(flags, logger);
+      if (code !== undefined) {
+        process.exitCode = code;
+        logger.flush();
+      }
     });
 }
+
+/** With --api (or a state file) a forwarder may start empty; otherwise no mapping is an error. */
+async function loadCommandLine(flags: RunFlags, mayBeEmpty: boolean): Promise<readonly Mapping[]> {
+  try {
+    return await loadFromFlags(flags);
+  } catch (err) {
+    if (mayBeEmpty && isPortferryError(err) && err.code === 'PF_NO_MAPPINGS' && (flags.publish ?? []).length === 0 && flags.config === undefined) return [];
+    throw err;
+  }
+}
+
+/** Starts everything; returns an exit code when it could not start, undefined when serving. */
+async function serve(flags: RunFlags, logger: Logger): Promise<number | undefined> {
+  const apiPath = flags.api === true ? defaultApiSocket() : flags.api;
+  let forwarder: Forwarder | null = null;
+  let api: ApiServer | null = null;
+  let metrics: MetricsServer | null = null;
+  try {
+    const mappings = await loadCommandLine(flags, apiPath !== undefined || flags.state !== undefined);
+    // A state file that cannot be used stops the start before anything is bound.
+    const restored = flags.state === undefined ? null : await loadState(flags.state);
+    const engine = flags.workers > 1 ? await WorkerEngine.start({ workers: flags.workers, drainTimeoutMs: flags.drainTimeout }, logger) : undefined;
+    forwarder = new Forwarder({ logger, ...(engine !== undefined ? { engine } : {}), ...(restored !== null ? { nextId: restored.state.nextId } : {}) });
+    if (restored !== null && restored.mappings.length > 0) {
+      await forwarder.add(restored.mappings, { origin: 'state', ids: restored.state.entries.map((e) => e.id), owners: restored.state.entries.map((e) => e.owner) });
+    }
+    await forwarder.add(mappings, { origin: 'cli' });
+    if (flags.state !== undefined) keepState(forwarder, flags.state, logger);
+    if (apiPath !== undefined) {
+      api = await startApiServer({ socketPath: apiPath, forwarder, logger, childNetns: flags.netns ?? null, version: VERSION, stateFile: flags.state ?? null });
+    }
+    if (flags.metrics !== undefined) {
+      const source = forwarder;
+      metrics = await startMetricsServer({ ...flags.metrics, logger, collect: async () => metricsRows(source, await source.stats()) });
+    }
+  } catch (err) {
+    forwarder?.destroy();
+    await Promise.all([api?.close(), metrics?.close()]);
+    return reportError(err);
+  }
+  const running = forwarder;
+  logReady(logger, running, { ...(api !== null ? { api: api.socketPath } : {}), ...(metrics !== null ? { metrics: formatHostPort(metrics.address.ip, metrics.address.port) } : {}), ...(flags.state !== undefined ? { state: flags.state } : {}) });
+  notifySystemd(logger);
+
+  let stopping = false;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (stopping) {
+      logger.warn({ signal }, 'second signal: closing every connection now');
+      running.destroy();
+      return;
+    }
+    stopping = true;
+    logger.info({ signal, drainTimeoutMs: flags.drainTimeout }, 'stopping: no new connections; open ones may finish');
+    void Promise.all([api?.close(), metrics?.close(), running.close(flags.drainTimeout)]).then(() => {
+      logger.info('stopped');
+      logger.flush();
+      process.exit(EXIT_OK);
+    });
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  process.on('SIGHUP', () => {
+    if (stopping) return;
+    logger.info('SIGHUP: reloading the command line\'s mappings (-p, -c)');
+    loadCommandLine(flags, true)
+      .then((mappings) => running.replaceCommandLine(mappings))
+      .then(
+        (entries) => logger.info({ mappings: entries.length }, 'reloaded'),
+        (err: unknown) => {
+          const e = isPortferryError(err) ? err : new PortferryError('PF_CONFIG_INVALID', String(err));
+          logger.error({ code: e.code, err: e.format() }, 'reload failed; the mappings stay as they were');
+        },
+      );
+  });
+  return undefined;
+}
+
+/** After every change, the runtime mappings (not the command line's) go to the state file. */
+function keepState(forwarder: Forwarder, file: string, logger: Logger): void {
+  forwarder.onChange(() => {
+    const entries = forwarder.list().filter((e) => e.origin !== 'cli').map((e) => ({ id: e.id, owner: e.owner, mapping: mappingToObject(e.mapping) }));
+    return saveState(file, { version: 1, nextId: forwarder.nextId, entries }).catch((err: unknown) => {
+      logger.error({ err: isPortferryError(err) ? err.format() : String(err), file }, 'could not write the state file; the running mappings are unchanged');
+    });
+  });
+}
+
+/** One metrics row per listener (per worker): the metrics module sums rows of one mapping. */
+function metricsRows(forwarder: Forwarder, rows: readonly StatsRow[]): MetricsRow[] {
+  return rows.flatMap((r) => {
+    const e = forwarder.get(r.id);
+    return e === undefined ? [] : [{ mapping: e.mapping.name, protocol: e.mapping.protocol, stats: r.stats }];
+  });
+}
+
+/**
+ * Under systemd (Type=notify, NotifyAccess=all) tell it we are ready. Node cannot send on a unix
+ * datagram socket, so systemd's own systemd-notify does it for our pid.
+ */
+function notifySystemd(logger: Logger): void {
+  if (process.env['NOTIFY_SOCKET'] === undefined) return;
+  execFile('systemd-notify', ['--ready', `--pid=${process.pid}`], (err) => {
+    if (err !== null) logger.warn({ err: err.message }, 'could not tell systemd we are ready (systemd-notify failed); use Type=exec in the unit');
+  });
+}
+
+export { EXIT_FAILURE };

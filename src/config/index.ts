@@ -1,22 +1,41 @@
 // The one way in: specs, a file, or both → validated, frozen Mapping[] (or one PF_CONFIG_INVALID
-// error listing every problem). Reads the file; binds nothing.
-import { readFile } from 'node:fs/promises';
+// error listing every problem). Reads the file (regular files only, bounded: read.ts); binds nothing.
 import type { Mapping } from '../api.js';
-import { PortferryError, errnoCode } from '../errors.js';
+import { PortferryError } from '../errors.js';
 import { parseConfigText } from './file.js';
+import { OPTIONS, parseMappingOptions, writeMappingOptions, type MappingOptionKey } from './options.js';
+import { readConfigFile } from './read.js';
 import { parseSpec } from './spec.js';
 import { validateMappings, type RawMapping } from './validate.js';
 
-export { expandBindings, findConflicts, hostAddresses, parseDuration } from './validate.js';
-export { DEFAULTS } from './defaults.js';
+export {
+  ADDRESS_KEYS,
+  MAPPING_KEYS,
+  MAX_LISTENERS,
+  bindingCount,
+  checkListenerBudget,
+  derivedName,
+  expandBindings,
+  findConflicts,
+  findDuplicateNames,
+  hostAddresses,
+  parseDuration,
+  formatDuration,
+  throwIfProblems,
+  validateMappings,
+} from './validate.js';
+export { DEFAULTS, OPTIONS, MAPPING_OPTION_KEYS, optionSchema, renderOptionsTable, type OptionDescription, type OptionKey, type MappingOptionKey, type OptionScope } from './options.js';
+export { MAX_CONFIG_BYTES, readConfigFile } from './read.js';
+export { MAX_YAML_ALIASES } from './file.js';
+export { parseCniPortMappings, type CniPortMapEntry } from './cni.js';
 
 export interface LoadInput {
   /** `-p` specs. */
   readonly specs?: readonly string[];
   /** `-c` file path. */
   readonly file?: string;
-  /** Options applied to the `-p` mappings (CLI flags such as --proxy-protocol, --netns). */
-  readonly specOptions?: Partial<Omit<RawMapping, 'place' | 'source'>>;
+  /** Options for the `-p` mappings (command-line flags such as --proxy-protocol, --netns), by option key. */
+  readonly specOptions?: Partial<Record<MappingOptionKey, unknown>>;
   /** Container address for CNI portMappings files, which carry none. */
   readonly containerIP?: string;
 }
@@ -24,51 +43,48 @@ export interface LoadInput {
 export async function loadMappings(input: LoadInput): Promise<readonly Mapping[]> {
   const problems: PortferryError[] = [];
   const raws: RawMapping[] = [];
-  const specOptions = input.specOptions ?? {};
-  (input.specs ?? []).forEach((spec) => {
+  const specs = input.specs ?? [];
+  // Flags are parsed once, named by their flag; the -p mappings inherit them.
+  const inherited = parseMappingOptions(input.specOptions ?? {}, (key, bad) => {
+    const flag = (OPTIONS[key] as { flag?: { spec: string } }).flag?.spec.split(' ')[0] ?? key;
+    problems.push(new PortferryError(bad.code, `${flag}: ${key} ${bad.why}`, { details: { place: flag } }));
+  });
+  for (const spec of specs) {
     const r = parseSpec(spec, `-p ${spec}`);
     if (r instanceof PortferryError) problems.push(r);
-    else raws.push({ ...specOptions, ...r });
-  });
-  let defaults: Partial<RawMapping> = {};
+    else raws.push({ ...r, inherited });
+  }
   if (input.file !== undefined) {
     let text: string | undefined;
     try {
-      text = await readFile(input.file, 'utf8');
+      text = await readConfigFile(input.file);
     } catch (err) {
-      problems.push(new PortferryError('PF_CONFIG_READ', `cannot read config file ${input.file}: ${errnoCode(err) ?? String(err)}`, { cause: err, details: { file: input.file } }));
+      if (!(err instanceof PortferryError)) throw err;
+      problems.push(err);
     }
     if (text !== undefined) {
       const parsed = parseConfigText(text, input.file, input.containerIP === undefined ? {} : { containerIP: input.containerIP });
-      problems.push(...parsed.problems.filter((p) => p.code !== 'PF_NO_MAPPINGS' || (input.specs ?? []).length === 0));
-      raws.push(...parsed.raws);
-      defaults = parsed.defaults;
+      problems.push(...parsed.problems.filter((p) => p.code !== 'PF_NO_MAPPINGS' || specs.length === 0));
+      for (const r of parsed.raws) raws.push(r);
     }
   }
-  // File defaults apply to file mappings only; spec options were merged into the spec raws above.
-  return validateMappings(
-    raws.map((r) => (r.source.startsWith('-p ') ? r : { ...defaults, ...r })),
-    {},
-    problems,
-  );
+  return validateMappings(raws, problems);
 }
 
 /**
  * Mapping objects in the YAML schema (the items of a file's `mappings:` list), as the runtime API
  * and the state file carry them → validated, frozen Mapping[]. The same checks as a file (unknown
- * keys, every value, conflicts among them); throws PF_CONFIG_INVALID with every problem.
+ * keys, every value, conflicts and names among them); throws PF_CONFIG_INVALID with every problem.
  * `place` names where they came from in messages (`POST /v1/mappings`, a state file path).
  */
 export function mappingsFromObjects(list: unknown, place: string): readonly Mapping[] {
   const parsed = parseConfigText(JSON.stringify({ mappings: list ?? null }), place);
-  return validateMappings(parsed.raws, {}, parsed.problems);
+  return validateMappings(parsed.raws, parsed.problems);
 }
 
 /** The inverse of mappingsFromObjects: a Mapping in the YAML schema, every option spelt out. */
 export function mappingToObject(m: Mapping): Record<string, unknown> {
   const range = (a: number, b: number): number | string => (a === b ? a : `${a}-${b}`);
-  const tlvs = [...(m.proxyTlvs.uniqueId ? ['uniqueId'] : []), ...(m.proxyTlvs.crc32c ? ['crc32c'] : [])];
-  const ms = (v: number): string | number => (v === 0 ? 0 : v % 3_600_000 === 0 ? `${v / 3_600_000}h` : v % 60_000 === 0 ? `${v / 60_000}m` : v % 1000 === 0 ? `${v / 1000}s` : `${v}ms`);
   return {
     name: m.name,
     protocol: m.protocol,
@@ -76,14 +92,6 @@ export function mappingToObject(m: Mapping): Record<string, unknown> {
     hostPort: range(m.hostPort, m.hostPortEnd),
     containerIP: m.containerIP,
     containerPort: range(m.containerPort, m.containerPortEnd),
-    ...(m.netns !== null ? { netns: m.netns } : {}),
-    ...(m.proxyProtocol !== null ? { proxyProtocol: m.proxyProtocol } : {}),
-    ...(tlvs.length > 0 ? { proxyProtocolTLVs: tlvs } : {}),
-    connectTimeout: ms(m.connectTimeoutMs),
-    idleTimeout: ms(m.idleTimeoutMs),
-    halfCloseTimeout: ms(m.halfCloseTimeoutMs),
-    maxConnections: m.maxConnections,
-    udpIdleTimeout: ms(m.udpIdleTimeoutMs),
-    udpMaxFlows: m.udpMaxFlows,
+    ...writeMappingOptions(m),
   };
 }

@@ -80,9 +80,11 @@ export function parseSpec(spec: string, place: string): RawMapping | PortferryEr
     const h = unbracket(hostIPField);
     if (h.ip === '') return syntax('the host IP before the first ":" is empty (leave out the host IP and its ":" entirely)');
     if (net.isIPv6(h.ip) && !h.bracketed) return syntax('an IPv6 host IP must be written in brackets');
+    if (h.bracketed && !net.isIPv6(h.ip)) return syntax(`brackets are for IPv6 addresses only: write the host IP ${h.ip} without them`);
   }
   const c = unbracket(containerIPField);
   if (net.isIPv6(c.ip) && !c.bracketed) return syntax('an IPv6 container IP must be written in brackets');
+  if (c.bracketed && !net.isIPv6(c.ip)) return syntax(`brackets are for IPv6 addresses only: write the container IP ${c.ip} without them`);
 
   const raw: { -readonly [K in keyof RawMapping]: RawMapping[K] } = {
     place,

@@ -5,8 +5,7 @@
 // always passes them; a default container IP of 0.0.0.0 would dial this host), ports are decimal
 // only, and arguments left after the flags are an error. Pure: no sockets, no files.
 import type { Protocol } from '../api.js';
-import { isUnspecified } from '../addr.js';
-import { canonicalIP } from '../config/validate.js';
+import { canonicalIP, isUnspecified } from '../addr.js';
 import { PortferryError } from '../errors.js';
 
 export interface DockerProxyArgs {

@@ -12,12 +12,14 @@
 //   drainTimeout: 2s
 //
 // Option values are checked by the config module's validator, the same as `portferry run`'s.
-import { readFile } from 'node:fs/promises';
 import net from 'node:net';
 import type { Mapping, Protocol } from '../api.js';
-import { formatHostPort } from '../addr.js';
-import { canonicalIP, OPTION_KEYS, parseDuration, throwIfProblems, validateMappings, type RawMapping } from '../config/validate.js';
-import { PortferryError, errnoCode } from '../errors.js';
+import { canonicalIP, formatHostPort } from '../addr.js';
+import { parseMappingOptions, type MappingOptionValues } from '../config/options.js';
+import { readConfigFile } from '../config/read.js';
+import { OPTION_KEYS, parseDuration, throwIfProblems, validateMappings, type RawMapping } from '../config/validate.js';
+import { Invalid, parsePorts } from '../config/values.js';
+import { PortferryError } from '../errors.js';
 import { LOG_LEVELS, type LogLevel } from '../log.js';
 import type { DockerProxyArgs } from './argv.js';
 
@@ -33,6 +35,7 @@ const LOG_KEYS = ['level', 'file', 'syslog'] as const;
 const RULE_OPTION_KEYS = OPTION_KEYS.filter((k) => k !== 'netns');
 
 type Options = Readonly<Record<string, unknown>>;
+type Defaults = Readonly<Partial<MappingOptionValues>>;
 
 export interface LogSettings {
   readonly level: LogLevel;
@@ -59,7 +62,8 @@ interface Rule {
 export interface DockerProxyConfig {
   /** The file read, or null when there was none (defaults). */
   readonly file: string | null;
-  readonly defaults: Options;
+  /** `defaults:`, parsed. */
+  readonly defaults: Defaults;
   readonly rules: readonly Rule[];
   readonly log: LogSettings;
   readonly drainTimeoutMs: number;
@@ -79,13 +83,14 @@ export async function loadDockerProxyConfig(env: NodeJS.ProcessEnv): Promise<Doc
   const file = named !== undefined && named !== '' ? named : DEFAULT_CONFIG_PATH;
   let text: string;
   try {
-    text = await readFile(file, 'utf8');
+    text = await readConfigFile(file);
   } catch (err) {
-    if (file === DEFAULT_CONFIG_PATH && errnoCode(err) === 'ENOENT') return DEFAULT_CONFIG;
-    throw new PortferryError('PF_CONFIG_READ', `cannot read ${file}${file === named ? ` (named by ${CONFIG_ENV})` : ''}: ${errnoCode(err) ?? String(err)}`, {
+    if (!(err instanceof PortferryError)) throw err;
+    if (file === DEFAULT_CONFIG_PATH && err.details['errno'] === 'ENOENT') return DEFAULT_CONFIG;
+    throw new PortferryError(err.code, `${err.message}${file === named ? ` (named by ${CONFIG_ENV})` : ''}`, {
       cause: err,
-      details: { file },
-      hint: `Make the file readable by dockerd's user, or ${file === named ? `unset ${CONFIG_ENV} in dockerd's environment` : 'remove it'} to run with defaults.`,
+      details: err.details,
+      hint: `${err.hint} Or ${file === named ? `unset ${CONFIG_ENV} in dockerd's environment` : 'remove the file'} to run with the defaults.`,
     });
   }
   return parseDockerProxyConfig(text, file);
@@ -105,7 +110,7 @@ export async function parseDockerProxyConfig(text: string, file: string): Promis
   });
   throwIfProblems(problems);
   const root: unknown = doc.toJS() ?? {};
-  const fail = (code: 'PF_CONFIG_VALUE' | 'PF_CONFIG_KEY', place: string, why: string): void => {
+  const fail: Fail = (code, place, why): void => {
     problems.push(new PortferryError(code, `${file}: ${place}: ${why}`, { details: { file, place } }));
   };
   const keysIn = (obj: Record<string, unknown>, allowed: readonly string[], place: string): void => {
@@ -127,20 +132,18 @@ export async function parseDockerProxyConfig(text: string, file: string): Promis
     keysIn(value, [...extra, ...RULE_OPTION_KEYS], place);
     return Object.fromEntries(Object.entries(value).filter(([k]) => k !== 'match' && RULE_OPTION_KEYS.includes(k as never)));
   };
-  // Option values: the config module's validator on a stand-in mapping (documentation address).
-  const check = (options: Options, place: string, protocol: Protocol, defaults: Options): void => {
+  // Option values: the config module's option parsers, and its validator on a stand-in mapping
+  // (a documentation address) for what depends on the protocol (PROXY v1 cannot carry UDP).
+  const check = (options: Options, place: string, protocol: Protocol, inherited: Defaults): void => {
     try {
-      validateMappings([{ place: `${file}: ${place}`, source: `${file} ${place}`, protocol, hostPort: 1, containerIP: '192.0.2.1', containerPort: 1, ...options }], defaults);
+      validateMappings([{ ...options, place: `${file}: ${place}`, source: `${file} ${place}`, protocol, hostPort: 1, containerIP: '192.0.2.1', containerPort: 1, inherited }]);
     } catch (err) {
       if (!(err instanceof PortferryError)) throw err;
       problems.push(...(err.problems.length > 0 ? err.problems : [err]));
     }
   };
 
-  const defaults = optionsAt(top['defaults'], 'defaults');
-  const before = problems.length;
-  check(defaults, 'defaults', 'tcp', {});
-  const defaultsValid = problems.length === before;
+  const defaults = parseMappingOptions(optionsAt(top['defaults'], 'defaults'), (key, bad) => fail(bad.code, `defaults.${key}`, `${key} ${bad.why}`));
 
   const rules: Rule[] = [];
   const list = top['rules'] ?? [];
@@ -151,7 +154,7 @@ export async function parseDockerProxyConfig(text: string, file: string): Promis
       const options = optionsAt(entry, place, ['match']);
       if (!isRecord(entry)) return;
       const match = parseMatch(entry['match'], `${place}.match`, fail, keysIn);
-      check(options, place, match.protocol ?? 'tcp', defaultsValid ? defaults : {});
+      check(options, place, match.protocol ?? 'tcp', defaults);
       rules.push({ place, match, options });
     });
   }
@@ -168,7 +171,7 @@ export async function parseDockerProxyConfig(text: string, file: string): Promis
   return { file, defaults, rules, log, drainTimeoutMs };
 }
 
-type Fail = (code: 'PF_CONFIG_VALUE' | 'PF_CONFIG_KEY', place: string, why: string) => void;
+type Fail = (code: Invalid['code'], place: string, why: string) => void;
 type KeysIn = (obj: Record<string, unknown>, allowed: readonly string[], place: string) => void;
 
 function parseMatch(value: unknown, place: string, fail: Fail, keysIn: KeysIn): Matcher {
@@ -187,11 +190,9 @@ function parseMatch(value: unknown, place: string, fail: Fail, keysIn: KeysIn): 
   for (const key of ['hostPort', 'containerPort'] as const) {
     const v = value[key];
     if (v === undefined) continue;
-    const m = /^(\d{1,5})(?:-(\d{1,5}))?$/.exec(String(v).trim());
-    const a = Number(m?.[1]);
-    const b = m?.[2] === undefined ? a : Number(m[2]);
-    if (m === null || typeof v === 'boolean' || !(a >= 1 && b <= 65535 && a <= b)) fail('PF_CONFIG_VALUE', `${place}.${key}`, `${JSON.stringify(v)} is not a port (1-65535) or a range "start-end"`);
-    else out[key] = [a, b];
+    const ports = parsePorts(v);
+    if (ports instanceof Invalid) fail(ports.code, `${place}.${key}`, ports.why);
+    else out[key] = [ports.start, ports.end];
   }
   for (const key of ['hostIP', 'containerIP'] as const) {
     const v = value[key];
@@ -253,8 +254,8 @@ export function mappingFor(args: DockerProxyArgs, config: DockerProxyConfig): Ma
   const argvText = `docker-proxy ${args.protocol} ${formatHostPort(args.hostIP, args.hostPort)} -> ${formatHostPort(args.containerIP, args.containerPort)}`;
   const where = config.file === null ? 'docker-proxy arguments' : `${config.file}: ${rule?.place ?? 'defaults'}`;
   const raw: RawMapping = {
-    ...config.defaults,
     ...(rule?.options ?? {}),
+    inherited: config.defaults,
     place: where,
     source: rule === null ? argvText : `${argvText} (${config.file} ${rule.place})`,
     name,

@@ -2,7 +2,7 @@
 // the protocol and the mapping, and says what to do. Shared by the TCP and UDP listeners.
 import { readFileSync } from 'node:fs';
 import type { Binding, Endpoint } from '../api.js';
-import { PortferryError, errnoCode } from '../errors.js';
+import { CATALOGUE, PortferryError, errnoCode } from '../errors.js';
 import { formatEndpoint } from '../addr.js';
 
 const UNPRIVILEGED_PORT_START = '/proc/sys/net/ipv4/ip_unprivileged_port_start';
@@ -38,7 +38,8 @@ export function bindError(err: unknown, binding: Binding, address: Endpoint = bi
       return new PortferryError('PF_BIND_ADDRINUSE', `cannot bind ${where} for ${mapping}: the address is already in use`, {
         cause: err,
         details,
-        hint: `Stop whatever holds the port (\`ss -lnup${proto === 'tcp' ? 't' : ''} 'sport = :${address.port}'\` shows it) or choose another host port for ${mapping}.`,
+        // The catalogue's hint, with the real port (docs/errors.md shows the same command).
+        hint: CATALOGUE.PF_BIND_ADDRINUSE.fix.replace(':PORT', `:${address.port}`).replace(/\.$/, ` for ${mapping}.`),
       });
     case 'EACCES':
     case 'EPERM': {

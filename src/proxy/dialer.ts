@@ -5,7 +5,7 @@
 import net from 'node:net';
 import dgram from 'node:dgram';
 import type { Endpoint } from '../api.js';
-import { formatEndpoint } from '../addr.js';
+import { canonicalIP, formatEndpoint } from '../addr.js';
 import { PortferryError, errnoCode } from '../errors.js';
 
 export interface DialOptions {
@@ -135,8 +135,9 @@ export function wrapDgram(socket: dgram.Socket, unconnectedTarget?: Endpoint): U
     if (err) errorHandler(err);
   };
   const target = unconnectedTarget;
-  // rinfo.address is canonical text; compare with the target written the same way.
-  const wanted = target === undefined ? '' : net.isIPv6(target.ip) ? new net.SocketAddress({ address: target.ip, family: 'ipv6' }).address : target.ip;
+  // rinfo.address is canonical text; compare with the target written the same way (a sender that
+  // does not match at once is canonicalised too: libuv writes a few rare forms its own way).
+  const wanted = target === undefined ? '' : (canonicalIP(target.ip) ?? target.ip);
   return {
     send(payload) {
       if (closed) return;
@@ -146,7 +147,7 @@ export function wrapDgram(socket: dgram.Socket, unconnectedTarget?: Endpoint): U
     onMessage(handler) {
       if (target === undefined) socket.on('message', handler);
       else socket.on('message', (msg, rinfo) => {
-        if (rinfo.port === target.port && rinfo.address === wanted) handler(msg);
+        if (rinfo.port === target.port && (rinfo.address === wanted || canonicalIP(rinfo.address) === wanted)) handler(msg);
       });
     },
     onError(handler) {

@@ -10,7 +10,6 @@
 // Addresses: source = the client as the host saw it, destination = the host address and port the
 // client connected to. IPv4-mapped IPv6 (`::ffff:a.b.c.d`, from a dual-stack listener) is written
 // as IPv4; if the two sides still differ in family, the IPv4 one is mapped into IPv6.
-import net from 'node:net';
 import { randomFillSync } from 'node:crypto';
 import {
   Command,
@@ -24,7 +23,7 @@ import {
   V1ProxyProtocol,
   V2ProxyProtocol,
 } from 'proxy-protocol-js';
-import { formatHostPort } from '../addr.js';
+import { formatEndpoint, formatIP, isMappedIPv4, mapToIPv6, parseIP, type ParsedIP } from '../addr.js';
 import type { Endpoint } from '../api.js';
 import { PortferryError } from '../errors.js';
 import { crc32c } from './crc32c.js';
@@ -59,12 +58,6 @@ export const PP1_MAX_LENGTH = 107;
 
 const V2_FIXED_LENGTH = 16; // signature, version/command, family/transport, length
 const V2_ADDRESS_LENGTH = { 4: 12, 6: 36 } as const;
-
-interface ParsedIp {
-  readonly family: 4 | 6;
-  /** 4 or 16 bytes, network order. */
-  readonly bytes: Uint8Array;
-}
 
 /**
  * Build the PROXY header for one connection (v1 or v2 STREAM) or one UDP flow (v2 DGRAM).
@@ -102,8 +95,8 @@ export function buildProxyHeader(o: ProxyHeaderOptions): Buffer {
     }
     const line = new V1ProxyProtocol(
       src.family === 4 ? INETProtocol.TCP4 : INETProtocol.TCP6,
-      new Peer(formatIp(src), o.source.port),
-      new Peer(formatIp(dst), o.destination.port),
+      new Peer(formatIP(src), o.source.port),
+      new Peer(formatIP(dst), o.destination.port),
     ).build();
     // Addresses are canonical (at most 39 characters each), so this cannot trigger; it guards the limit.
     if (line.length > PP1_MAX_LENGTH) fail(`the v1 line is ${line.length} bytes, more than ${PP1_MAX_LENGTH}`);
@@ -168,134 +161,21 @@ export function newUniqueId(): Buffer {
   return id;
 }
 
-/** For error messages about input that may not be well-formed (an ip that is not a string). */
-function formatEndpoint(e: Endpoint): string {
-  return formatHostPort(String((e as Partial<Endpoint>).ip), String(e.port));
-}
-
 function checkPort(port: number, side: string, fail: (why: string) => never): void {
   if (!Number.isInteger(port) || port < 0 || port > 65535) fail(`the ${side} port ${String(port)} is not a whole number from 0 to 65535`);
 }
 
-function parseIp(input: string, side: string, fail: (why: string) => never): ParsedIp {
+function parseIp(input: string, side: string, fail: (why: string) => never): ParsedIP {
   if (typeof input !== 'string') return fail(`the ${side} address is not a string`);
   // A link-local address from the kernel may carry a zone (`fe80::1%eth0`); the header has no room for it.
   const zone = input.indexOf('%');
-  const ip = zone === -1 ? input : input.slice(0, zone);
-  const family = net.isIP(ip);
-  if (family === 4) return { family: 4, bytes: parseIPv4(ip) };
-  if (family !== 6) return fail(`the ${side} address ${JSON.stringify(input)} is not an IPv4 or IPv6 address`);
-  const bytes = parseIPv6(ip);
-  return isMappedIPv4(bytes) ? { family: 4, bytes: bytes.slice(12) } : { family: 6, bytes };
-}
-
-/** `ip` is a valid dotted quad (checked by net.isIP). A plain loop: split/map costs ~10x more. */
-function parseIPv4(ip: string): Uint8Array {
-  const bytes = new Uint8Array(4);
-  let part = 0;
-  let value = 0;
-  for (let i = 0; i < ip.length; i++) {
-    const c = ip.charCodeAt(i);
-    if (c === 0x2e) {
-      bytes[part++] = value;
-      value = 0;
-    } else {
-      value = value * 10 + (c - 0x30);
-    }
-  }
-  bytes[part] = value;
-  return bytes;
-}
-
-/** `ip` is a valid IPv6 address without zone (checked by net.isIP). One scan, no split/arrays of strings. */
-function parseIPv6(ip: string): Uint8Array {
-  const head: number[] = [];
-  const tail: number[] = [];
-  let groups = head;
-  const n = ip.length;
-  let i = 0;
-  if (ip.charCodeAt(0) === 0x3a && ip.charCodeAt(1) === 0x3a) {
-    groups = tail;
-    i = 2;
-  }
-  while (i < n) {
-    let j = i;
-    let value = 0;
-    let dotted = false;
-    for (; j < n; j++) {
-      const c = ip.charCodeAt(j);
-      if (c === 0x3a) break;
-      if (c === 0x2e) dotted = true;
-      else value = value * 16 + (c <= 0x39 ? c - 0x30 : (c | 0x20) - 0x57);
-    }
-    if (dotted) {
-      const v4 = parseIPv4(ip.slice(i, j));
-      groups.push(((v4[0] ?? 0) << 8) | (v4[1] ?? 0), ((v4[2] ?? 0) << 8) | (v4[3] ?? 0));
-    } else {
-      groups.push(value);
-    }
-    i = j + 1;
-    if (ip.charCodeAt(i) === 0x3a) {
-      groups = tail;
-      i++;
-    }
-  }
-  const bytes = new Uint8Array(16);
-  for (let g = 0; g < head.length; g++) {
-    bytes[2 * g] = (head[g] ?? 0) >> 8;
-    bytes[2 * g + 1] = (head[g] ?? 0) & 0xff;
-  }
-  for (let g = 0, at = 8 - tail.length; g < tail.length; g++, at++) {
-    bytes[2 * at] = (tail[g] ?? 0) >> 8;
-    bytes[2 * at + 1] = (tail[g] ?? 0) & 0xff;
-  }
-  return bytes;
-}
-
-/** `::ffff:a.b.c.d` */
-function isMappedIPv4(b: Uint8Array): boolean {
-  for (let i = 0; i < 10; i++) if (b[i] !== 0) return false;
-  return b[10] === 0xff && b[11] === 0xff;
+  const ip = parseIP(zone === -1 ? input : input.slice(0, zone));
+  if (ip === null) return fail(`the ${side} address ${JSON.stringify(input)} is not an IPv4 or IPv6 address`);
+  return isMappedIPv4(ip.bytes) ? { family: 4, bytes: ip.bytes.slice(12) } : ip;
 }
 
 function toArray(bytes: Uint8Array): number[] {
   const out = new Array<number>(bytes.length);
   for (let i = 0; i < bytes.length; i++) out[i] = bytes[i] ?? 0;
   return out;
-}
-
-function mapToIPv6(ip: ParsedIp): ParsedIp {
-  const bytes = new Uint8Array(16);
-  bytes[10] = 0xff;
-  bytes[11] = 0xff;
-  bytes.set(ip.bytes, 12);
-  return { family: 6, bytes };
-}
-
-/** Canonical text (RFC 5952 for IPv6; `::ffff:a.b.c.d` for an IPv4 mapped into IPv6). */
-function formatIp(ip: ParsedIp): string {
-  const b = ip.bytes;
-  if (ip.family === 4) return `${b[0] ?? 0}.${b[1] ?? 0}.${b[2] ?? 0}.${b[3] ?? 0}`;
-  if (isMappedIPv4(b)) return `::ffff:${b[12] ?? 0}.${b[13] ?? 0}.${b[14] ?? 0}.${b[15] ?? 0}`;
-  const groups: number[] = [];
-  for (let i = 0; i < 16; i += 2) groups.push(((b[i] ?? 0) << 8) | (b[i + 1] ?? 0));
-  // The longest run of two or more zero groups (the first one on a tie) becomes `::`.
-  let bestStart = -1;
-  let bestLength = 1;
-  for (let i = 0; i < 8; ) {
-    if (groups[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLength) {
-      bestStart = i;
-      bestLength = j - i;
-    }
-    i = j;
-  }
-  const hex = (gs: number[]): string => gs.map((g) => g.toString(16)).join(':');
-  if (bestStart === -1) return hex(groups);
-  return `${hex(groups.slice(0, bestStart))}::${hex(groups.slice(bestStart + bestLength))}`;
 }

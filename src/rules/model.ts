@@ -4,17 +4,15 @@
 // The portmap model: one container, at most one address per family (with its prefix), and one list
 // of port-map entries that the plugin applies to each container address in turn.
 import { createHash } from 'node:crypto';
-import { isIP } from 'node:net';
-import type { Family, Mapping, Protocol } from '../api.js';
+import type { Family, Mapping } from '../api.js';
+import { familyOf } from '../addr.js';
+import { parseCniPortMappings, type CniPortMapEntry } from '../config/cni.js';
 import { PortferryError } from '../errors.js';
 
+export { familyOf } from '../addr.js';
+
 /** One CNI port-map entry: a single host port. `hostIP` '' means unspecified, as in CNI. */
-export interface PortMapEntry {
-  readonly hostPort: number;
-  readonly containerPort: number;
-  readonly protocol: Protocol;
-  readonly hostIP: string;
-}
+export type PortMapEntry = CniPortMapEntry;
 
 /** The container's address on its network, as in a CNI result (`10.88.0.2/24`). */
 export interface ContainerNet {
@@ -72,11 +70,6 @@ const NAME_RE = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
 /** `CNI-DN-` + hex(sha512(network + containerID)), cut to 28 characters. */
 export function dnatChainName(network: string, containerID: string): string {
   return ('CNI-DN-' + createHash('sha512').update(network + containerID).digest('hex')).slice(0, 28);
-}
-
-export function familyOf(ip: string): Family | null {
-  const v = isIP(ip);
-  return v === 4 ? 4 : v === 6 ? 6 : null;
 }
 
 /** Parses `10.88.0.2/24` or `fd00::2/64` (a bare address gets /32 or /128). */
@@ -186,16 +179,8 @@ export function fromCniPortMappings(args: {
 }): PortmapInput {
   checkIds(args.network, args.containerID);
   const options = checkOptions(args.options ?? {});
-  const entries = args.portMappings.map((pm, i) => {
-    const e: PortMapEntry = Object.freeze({
-      hostPort: pm.hostPort,
-      containerPort: pm.containerPort,
-      protocol: (pm.protocol ?? 'tcp').toLowerCase() as Protocol,
-      hostIP: pm.hostIP ?? '',
-    });
-    checkEntry(e, `portMappings[${i}]`);
-    return e;
-  });
+  // The one CNI portMappings parser (config/cni.ts): the same checks as a config file.
+  const entries = parseCniPortMappings(args.portMappings, 'portMappings');
   const seen = new Set<Family>();
   const targets: PortmapTarget[] = [];
   for (const net of args.containerNets) {

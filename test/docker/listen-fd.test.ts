@@ -186,5 +186,5 @@ t.test('the config file: PROXY v2 on the matching rule only; an invalid file →
   t.equal((await bad.exited()).exit, 1);
 
   const missing = await runProxy(t.teardown, argv('tcp', '127.0.0.1', 1234, '127.0.0.1', 80), { env: { PORTFERRY_DOCKER_CONFIG: path.join(dir, 'nope.yaml') } });
-  t.match(missing.status, /^1\nPF_CONFIG_READ: cannot read .*nope\.yaml \(named by PORTFERRY_DOCKER_CONFIG\): ENOENT/);
+  t.match(missing.status, /^1\nPF_CONFIG_READ: cannot read config file .*nope\.yaml: ENOENT \(named by PORTFERRY_DOCKER_CONFIG\)/);
 });

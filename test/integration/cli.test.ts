@@ -173,3 +173,67 @@ t.test('a privileged port as an unprivileged user: PF_BIND_EACCES names net.ipv4
   t.match(err, /net\.ipv4\.ip_unprivileged_port_start.*1024/, 'names the sysctl and its current value');
   t.match(err, /hint: .*sysctl -w net\.ipv4\.ip_unprivileged_port_start=80/, 'says how to fix it');
 });
+
+// -- config helper: validate runs every check run makes short of binding; parse errors are coded --
+t.test('validate: refuses what run refuses, coded, and says what it could not check', async (t) => {
+  const { mkdtempSync, rmSync, writeFileSync } = await import('node:fs');
+  const { execFileSync } = await import('node:child_process');
+  const { tmpdir } = await import('node:os');
+  const path = await import('node:path');
+  const dir = mkdtempSync(path.join(tmpdir(), 'pf-cli-validate-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  /** Runs the CLI; a run that has not exited after 10 s is killed and fails (the FIFO used to hang). */
+  const cli = async (args: string[]): Promise<{ code: number | string; out: string; err: string }> => {
+    const p = runCli(t.teardown, args);
+    const timer = setTimeout(() => p.child.kill('SIGKILL'), 10_000);
+    const code = await p.exited;
+    clearTimeout(timer);
+    return { code, out: p.stdout(), err: p.stderr() };
+  };
+
+  const web = path.join(dir, 'web.yaml');
+  writeFileSync(web, 'mappings:\n  - {name: web, hostPort: 8080, containerIP: 10.0.0.1, containerPort: 80}\n  - {name: web, hostPort: 8081, containerIP: 10.0.0.2, containerPort: 80}\n');
+  const dup = await cli(['validate', '-c', web]);
+  t.equal(dup.code, 1, 'two mappings named web: exit 1');
+  t.match(dup.err, /PF_NAME_DUPLICATE: .*web\.yaml mappings\[1\] and .*web\.yaml mappings\[0\] are both named "web"/);
+
+  const fifo = path.join(dir, 'fifo');
+  execFileSync('mkfifo', [fifo]);
+  const f = await cli(['validate', '-c', fifo]);
+  t.equal(f.code, 1, 'a FIFO: exit 1 (it used to hang)');
+  t.match(f.err, /PF_CONFIG_NOT_FILE: config file .*fifo is a FIFO/);
+  const z = await cli(['validate', '-c', '/dev/zero']);
+  t.equal(z.code, 1);
+  t.match(z.err, /PF_CONFIG_NOT_FILE: config file \/dev\/zero is a character device/);
+
+  const ns = await cli(['validate', '--netns', path.join(dir, 'no-such-ns'), '-p', '127.0.0.1:8080:10.0.0.1:80']);
+  t.equal(ns.code, 1, 'a netns path that does not exist: exit 1, as run');
+  t.match(ns.err, /PF_NETNS_INVALID: netns ".*no-such-ns" does not exist/);
+  const notNs = await cli(['validate', '--netns', web, '-p', '127.0.0.1:8080:10.0.0.1:80']);
+  t.equal(notNs.code, 1, 'a regular file as netns: exit 1');
+  t.match(notNs.err, /PF_NETNS_INVALID: .*is not a namespace file/);
+  const selfNs = await cli(['validate', '--netns', '/proc/self/ns/net', '-p', '127.0.0.1:8080:10.0.0.1:80']);
+  t.equal(selfNs.code, 0, `a real network namespace passes: ${selfNs.err}`);
+  t.match(selfNs.out, /ok: 1 mapping\nnot checked \(only `run` can tell\): that each host address and port is free/);
+
+  const mapped = await cli(['validate', '-p', '[::ffff:127.0.0.1]:8080:10.0.0.1:80', '-p', '[127.0.0.1]:8081:10.0.0.1:80', '-p', '8082:224.0.0.1:80', '-p', '0000080:10.0.0.1:80', '-p', '1-65535:10.0.0.1:1-65535/udp']);
+  t.equal(mapped.code, 1);
+  for (const code of ['PF_IP_INVALID: -p \\[::ffff:127', 'PF_SPEC_SYNTAX: -p \\[127\\.0\\.0\\.1\\]', 'PF_IP_INVALID: -p 8082:224', 'PF_PORT_INVALID: -p 0000080', 'PF_LISTENER_LIMIT']) t.match(mapped.err, new RegExp(code));
+});
+
+t.test('command-line parse errors are PF_USAGE with a hint, exit 2; --help shows no (default: [])', async (t) => {
+  for (const [args, pattern] of [
+    [['run', '--log-format', 'xml', '-p', '8080:10.0.0.1:80'], /^portferry: PF_USAGE: option '--log-format <format>' argument 'xml' is invalid\. use json or pretty\n {2}hint: Run `portferry run --help` for the options\.\n$/],
+    [['validate', '--no-such-flag'], /^portferry: PF_USAGE: unknown option '--no-such-flag'\n {2}hint: Run `portferry validate --help`/],
+    [['frobnicate'], /^portferry: PF_USAGE: unknown command 'frobnicate'\n {2}hint: Run `portferry --help` for the options and commands\./],
+    [['validate', '-p'], /^portferry: PF_USAGE: option '-p, --publish <spec>' argument missing/],
+  ] as const) {
+    const p = runCli(t.teardown, args);
+    t.equal(await p.exited, 2, `${args.join(' ')}: exit 2`);
+    t.match(p.stderr(), pattern, `${args.join(' ')}: coded`);
+  }
+  const help = runCli(t.teardown, ['validate', '--help']);
+  t.equal(await help.exited, 0);
+  t.notMatch(help.stdout(), /default: \[\]/, 'no (default: []) on -p');
+  t.match(help.stdout(), /--proxy-protocol <version>/, 'the option flags come from the table');
+});

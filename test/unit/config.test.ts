@@ -126,18 +126,58 @@ const bad: [string, Parameters<typeof loadMappings>[0], string, RegExp][] = [
   ['PROXY v1 on UDP', { specs: ['53:10.0.0.1:53/udp'], specOptions: { proxyProtocol: 'v1' } }, 'PF_CONFIG_VALUE', /v2 for a udp mapping/],
   ['relative netns path', { specs: ['8080:10.0.0.1:80'], specOptions: { netns: 'ns1' } }, 'PF_NETNS_INVALID', /absolute path/],
   ['missing config file', { file: '/nonexistent/portferry.yaml' }, 'PF_CONFIG_READ', /\/nonexistent\/portferry\.yaml.*ENOENT/],
+  // issue 14 item 5: names are unique, and the error names both places.
+  ['two mappings named web', { file: '@mappings:\n  - {name: web, hostPort: 8080, containerIP: 10.0.0.1, containerPort: 80}\n  - {name: web, hostPort: 8081, containerIP: 10.0.0.2, containerPort: 80}\n' }, 'PF_NAME_DUPLICATE', /mappings\[1\] and .*mappings\[0\] are both named "web"/],
+  ['a name that is another mapping\'s derived name', { file: '@mappings:\n  - {name: "tcp/*:8080", hostPort: 9090, containerIP: 10.0.0.1, containerPort: 80}\n  - {hostPort: 8080, containerIP: 10.0.0.2, containerPort: 80}\n' }, 'PF_NAME_DUPLICATE', /both named "tcp\/\*:8080"/],
+  // issue 14 item 7: what validate passed and run refused.
+  ['IPv4-mapped host IP', { specs: ['[::ffff:127.0.0.1]:8080:10.0.0.1:80'] }, 'PF_IP_INVALID', /::ffff:127\.0\.0\.1 is an IPv4-mapped IPv6 address.*write 127\.0\.0\.1/],
+  ['IPv4-mapped container IP', { specs: ['8080:[::ffff:10.0.0.1]:80'] }, 'PF_IP_INVALID', /::ffff:10\.0\.0\.1 is an IPv4-mapped.*write 10\.0\.0\.1/],
+  ['IPv4 host IP in brackets', { specs: ['[127.0.0.1]:8080:10.0.0.1:80'] }, 'PF_SPEC_SYNTAX', /brackets are for IPv6 addresses only: write the host IP 127\.0\.0\.1 without them/],
+  ['IPv4 container IP in brackets', { specs: ['8080:[10.0.0.1]:80'] }, 'PF_SPEC_SYNTAX', /container IP 10\.0\.0\.1 without them/],
+  ['bracketed IP in a file', { file: '@mappings:\n  - {hostIP: "[::1]", hostPort: 8080, containerIP: 10.0.0.1, containerPort: 80}\n' }, 'PF_IP_INVALID', /mappings\[0\]\.hostIP: .*\[::1\].*without brackets/],
+  ['broadcast container IP', { specs: ['8080:255.255.255.255:80'] }, 'PF_IP_INVALID', /255\.255\.255\.255 is a broadcast address/],
+  ['multicast container IP', { specs: ['8080:224.0.0.1:80/udp'] }, 'PF_IP_INVALID', /224\.0\.0\.1 is a multicast address/],
+  ['IPv6 multicast container IP', { specs: ['8080:[ff02::1]:80'] }, 'PF_IP_INVALID', /ff02::1 is a multicast address/],
+  ['IPv6 unspecified container IP', { specs: ['8080:[::]:80'] }, 'PF_IP_INVALID', /:: is the unspecified address/],
+  ['port with leading zeros', { specs: ['0000080:10.0.0.1:80'] }, 'PF_PORT_INVALID', /"0000080" has a leading zero; write 80/],
+  ['range end with a leading zero', { specs: ['8000-08001:10.0.0.1:80-81'] }, 'PF_PORT_INVALID', /"08001" has a leading zero/],
+  ['a UDP range needing 131070 listeners', { specs: ['1-65535:10.0.0.1:1-65535/udp'] }, 'PF_LISTENER_LIMIT', /131070 listeners, more than the maximum of 4096.*-p 1-65535/],
+  // defaults and flags are parsed once and named where they were written.
+  ['bad file default', { file: '@defaults:\n  udpMaxFlows: 0\nmappings:\n  - {hostPort: 8080, containerIP: 10.0.0.1, containerPort: 80}\n' }, 'PF_CONFIG_VALUE', /defaults\.udpMaxFlows: udpMaxFlows must be a whole number from 1/],
+  ['bad --proxy-protocol', { specs: ['8080:10.0.0.1:80'], specOptions: { proxyProtocol: 'v3' } }, 'PF_CONFIG_VALUE', /^--proxy-protocol: proxyProtocol must be v1 or v2, got string "v3"/],
+  // the one CNI portMappings parser: single ports only.
+  ['CNI entry with a range', { file: '@{"portMappings": [{"hostPort": "8000-8001", "containerPort": 80}]}\n', containerIP: '10.0.0.1' }, 'PF_PORT_INVALID', /portMappings\[0\]\.hostPort: must be a single port number \(CNI has no ranges\)/],
+  ['CNI entry with a bad protocol', { file: '@{"portMappings": [{"hostPort": 80, "containerPort": 80, "protocol": "sctp"}]}\n', containerIP: '10.0.0.1' }, 'PF_PROTOCOL_INVALID', /portMappings\[0\]\.protocol: string "sctp" is not tcp or udp/],
 ];
 
 t.test(`bad input: ${bad.length} cases, each coded and naming the input`, async (t) => {
   for (const [label, input0, code, pattern] of bad) {
     const input = input0.file?.startsWith('@') === true ? { ...input0, file: file(input0.file.slice(1)) } : input0;
-    const err = await problemsOf(input);
+    const err = await problemsOf(input).catch((e: unknown) => (e instanceof Error ? e : new Error(String(e))));
+    if (!(err instanceof PortferryError)) {
+      t.fail(`${label}: ${err.message}`);
+      continue;
+    }
     const all = err.problems.length > 0 ? err.problems : [err];
     const hit = all.find((p) => p.code === code);
     t.ok(hit, `${label}: reports ${code} (got ${all.map((p) => p.code).join(', ')})`);
     t.match(hit?.message ?? '', pattern, `${label}: the message names the input`);
     t.ok((hit?.hint ?? '').length > 10, `${label}: with a hint`);
   }
+});
+
+t.test('addresses are written one way (src/addr.ts): canonical IPv6, zones refused', async (t) => {
+  const { canonicalIP, familyOf } = await import('../../src/addr.js');
+  t.equal(canonicalIP('FD00:0:0:0:0:0:0:2'), 'fd00::2');
+  t.equal(canonicalIP('2001:db8:0:1:1:1:1:1'), '2001:db8:0:1:1:1:1:1', 'a single zero group is not compressed (RFC 5952)');
+  t.equal(canonicalIP('::FFFF:7F00:1'), '::ffff:127.0.0.1', 'IPv4-mapped as the kernel prints it');
+  t.equal(canonicalIP('fe80::1%eth0'), null);
+  t.equal(canonicalIP('010.0.0.1'), null);
+  t.equal(familyOf('::1'), 6);
+  t.equal(familyOf('1.2.3.4'), 4);
+  t.equal(familyOf('nope'), null);
+  const [m] = await loadMappings({ specs: ['[2001:DB8::0:1]:8080:[FD00:0::2]:80'] });
+  t.match(m, { hostIP: '2001:db8::1', containerIP: 'fd00::2', name: 'tcp/[2001:db8::1]:8080' });
 });
 
 t.test('every problem is reported at once', async (t) => {

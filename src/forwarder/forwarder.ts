@@ -1,0 +1,227 @@
+// The running forwarder as a service: the registry of mappings (id, owner, where it came from),
+// one queue through which every change passes (add, replace, remove, close), and an engine that
+// owns the listeners (this process, or TCP in worker processes). Used alike by `portferry run`,
+// the runtime API, the docker shim and library users (src/index.ts).
+//
+// Ids start at 1 and are never reused while the process lives (a state file carries nextId on).
+// A change is all or nothing: on any error nothing of it stays bound and the registry is as before.
+import type { Listener, Mapping } from '../api.js';
+import { findConflicts, mappingToObject, throwIfProblems } from '../config/index.js';
+import { PortferryError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { checkNetnsPaths } from './dialers.js';
+import { LocalEngine, type Engine, type StatsRow } from './engine.js';
+
+export type Origin = 'cli' | 'api' | 'state';
+
+export interface Entry {
+  readonly id: number;
+  readonly owner: string | null;
+  readonly origin: Origin;
+  readonly mapping: Mapping;
+}
+
+export interface ForwarderOptions {
+  readonly logger: Logger;
+  /** The engine; default: everything in this process. */
+  readonly engine?: Engine;
+  /** First id to hand out (from a state file); default 1. */
+  readonly nextId?: number;
+}
+
+type State = 'open' | 'closing' | 'closed';
+
+/** Two mappings are the same when every option is (where they came from does not count). */
+function sameMapping(a: Mapping, b: Mapping): boolean {
+  return JSON.stringify(mappingToObject(a)) === JSON.stringify(mappingToObject(b));
+}
+
+export class Forwarder {
+  readonly engine: Engine;
+  private readonly entries = new Map<number, Entry>();
+  private readonly changeListeners = new Set<() => void | Promise<void>>();
+  private queue: Promise<unknown> = Promise.resolve();
+  private state: State = 'open';
+  private nextIdValue: number;
+  private readonly logger: Logger;
+
+  constructor(opts: ForwarderOptions) {
+    this.logger = opts.logger;
+    this.engine = opts.engine ?? new LocalEngine(opts.logger);
+    this.nextIdValue = opts.nextId ?? 1;
+  }
+
+  get nextId(): number {
+    return this.nextIdValue;
+  }
+
+  /**
+   * Called after every change that went through (for the state file). The change answers only
+   * once every listener's promise has settled, so a caller told "done" finds it persisted.
+   */
+  onChange(fn: () => void | Promise<void>): () => void {
+    this.changeListeners.add(fn);
+    return () => this.changeListeners.delete(fn);
+  }
+
+  private serial<T>(op: () => Promise<T>): Promise<T> {
+    const guarded = async (): Promise<T> => {
+      if (this.state !== 'open') throw new PortferryError('PF_SHUTTING_DOWN', 'the forwarder is shutting down; mappings cannot be changed');
+      return op();
+    };
+    const run = this.queue.then(guarded, guarded);
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  private async changed(): Promise<void> {
+    for (const fn of this.changeListeners) {
+      try {
+        await fn();
+      } catch (err) {
+        this.logger.error({ err }, 'a change listener failed');
+      }
+    }
+  }
+
+  /**
+   * Adds mappings (all or nothing). `ids` restores entries from a state file with their old ids;
+   * otherwise new ids are handed out. Names must be unique across the forwarder.
+   */
+  add(mappings: readonly Mapping[], opts: { owner?: string | null; origin: Origin; ids?: readonly number[]; owners?: readonly (string | null)[] }): Promise<Entry[]> {
+    return this.serial(() => this.addNow(mappings, opts.owner ?? null, opts.origin, opts.ids, new Set(), opts.owners));
+  }
+
+  private async addNow(mappings: readonly Mapping[], owner: string | null, origin: Origin, ids?: readonly number[], ignore: ReadonlySet<number> = new Set(), owners?: readonly (string | null)[]): Promise<Entry[]> {
+    const existing = [...this.entries.values()].filter((e) => !ignore.has(e.id));
+    const problems = findConflicts(mappings, existing.map((e) => e.mapping));
+    const names = new Map(existing.map((e) => [e.mapping.name, e]));
+    const portConflicts = problems.length > 0;
+    mappings.forEach((m, i) => {
+      const other = names.get(m.name);
+      // A derived name repeats the host port: a port conflict already says it all.
+      if (other !== undefined && !portConflicts) {
+        problems.push(new PortferryError('PF_CONFLICT', `${m.source}: a mapping named "${m.name}" exists already (id ${other.id}, ${other.mapping.source})`, { hint: 'Give the new mapping another name (key `name`), or remove the old one first.' }));
+      }
+      const id = ids?.[i];
+      if (id !== undefined && (this.entries.has(id) || !Number.isSafeInteger(id) || id < 1)) problems.push(new PortferryError('PF_CONFLICT', `mapping id ${id} is in use or invalid`));
+      names.set(m.name, { id: id ?? 0, owner, origin, mapping: m });
+    });
+    throwIfProblems(problems);
+    await checkNetnsPaths(mappings);
+    const entries = mappings.map((mapping, i) => {
+      const id = ids?.[i] ?? this.nextIdValue + i;
+      const by = owners?.[i] ?? owner;
+      // Later conflicts name this one by id and owner, not by the request that added it.
+      const source = origin === 'cli' ? mapping.source : `mapping ${id}${by !== null ? ` of ${by}` : ''}`;
+      return Object.freeze({ id, owner: by, origin, mapping: Object.freeze({ ...mapping, source }) });
+    });
+    // Reserved before binding: ids are never handed out twice, even when this add fails.
+    this.nextIdValue = Math.max(this.nextIdValue, ...entries.map((e) => e.id + 1));
+    await this.engine.add(entries);
+    for (const e of entries) this.entries.set(e.id, e);
+    await this.changed();
+    return entries;
+  }
+
+  /**
+   * Makes the owner's mappings exactly `mappings`: those equal to one it has stay untouched (same
+   * id, live connections kept), the rest of its old ones are removed, the new ones added. All or
+   * nothing; calling it twice with the same list changes nothing the second time.
+   */
+  replaceOwner(owner: string, mappings: readonly Mapping[], origin: Origin = 'api'): Promise<Entry[]> {
+    return this.serial(() => this.replaceNow((e) => e.owner === owner, mappings, owner, origin));
+  }
+
+  /** SIGHUP: the command line's mappings become `mappings` (same rules as replaceOwner). */
+  replaceCommandLine(mappings: readonly Mapping[]): Promise<Entry[]> {
+    return this.serial(() => this.replaceNow((e) => e.origin === 'cli', mappings, null, 'cli'));
+  }
+
+  private async replaceNow(mine: (e: Entry) => boolean, mappings: readonly Mapping[], owner: string | null, origin: Origin): Promise<Entry[]> {
+    const have = [...this.entries.values()].filter(mine);
+    const keep = new Map<Mapping, Entry>();
+    for (const m of mappings) {
+      const same = have.find((e) => sameMapping(e.mapping, m) && ![...keep.values()].includes(e));
+      if (same !== undefined) keep.set(m, same);
+    }
+    const kept = new Set([...keep.values()].map((e) => e.id));
+    const drop = have.filter((e) => !kept.has(e.id));
+    const fresh = mappings.filter((m) => !keep.has(m));
+    if (drop.length === 0 && fresh.length === 0) return mappings.map((m) => keep.get(m) as Entry);
+    // Check the new ones against everything that stays before anything changes.
+    const dropIds = new Set(drop.map((e) => e.id));
+    throwIfProblems(findConflicts(fresh, [...this.entries.values()].filter((e) => !dropIds.has(e.id)).map((e) => e.mapping)));
+    await this.removeNow(drop.map((e) => e.id));
+    let added: Entry[];
+    try {
+      added = await this.addNow(fresh, owner, origin);
+    } catch (err) {
+      await this.addNow(drop.map((e) => e.mapping), owner, origin, drop.map((e) => e.id)).catch((restoreErr: unknown) => {
+        this.logger.error({ err: restoreErr, owner }, 'could not restore the mappings replaced by a change that failed');
+      });
+      throw err;
+    }
+    const byMapping = new Map(fresh.map((m, i) => [m, added[i] as Entry]));
+    return mappings.map((m) => keep.get(m) ?? (byMapping.get(m) as Entry));
+  }
+
+  /** Removes one mapping. Throws PF_API_NOT_FOUND for an unknown id. */
+  remove(id: number): Promise<number[]> {
+    return this.serial(async () => {
+      if (!this.entries.has(id)) throw new PortferryError('PF_API_NOT_FOUND', `no mapping has id ${id}`);
+      return this.removeNow([id]);
+    });
+  }
+
+  /** Removes every mapping of an owner; none is fine (idempotent). */
+  removeOwner(owner: string): Promise<number[]> {
+    return this.serial(() => this.removeNow([...this.entries.values()].filter((e) => e.owner === owner).map((e) => e.id)));
+  }
+
+  private async removeNow(ids: readonly number[]): Promise<number[]> {
+    if (ids.length === 0) return [];
+    for (const id of ids) this.entries.delete(id);
+    await this.engine.remove(ids);
+    await this.changed();
+    return [...ids];
+  }
+
+  list(owner?: string): Entry[] {
+    const all = [...this.entries.values()].sort((a, b) => a.id - b.id);
+    return owner === undefined ? all : all.filter((e) => e.owner === owner);
+  }
+
+  get(id: number): Entry | undefined {
+    return this.entries.get(id);
+  }
+
+  /** The listeners bound in this process (with workers, only UDP's). */
+  listeners(): Listener[] {
+    return this.engine.listeners();
+  }
+
+  stats(): Promise<StatsRow[]> {
+    return this.engine.stats();
+  }
+
+  /** Stops accepting; open connections get graceMs; then everything is closed. Idempotent. */
+  close(graceMs: number): Promise<void> {
+    if (this.state !== 'open') return this.queue.then(() => undefined);
+    this.state = 'closing';
+    const run = this.queue.then(async () => {
+      await this.engine.close(graceMs);
+      this.entries.clear();
+      this.state = 'closed';
+    });
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Aborts everything now, an add still binding included. Idempotent. */
+  destroy(): void {
+    if (this.state === 'open') this.state = 'closing';
+    this.engine.destroy();
+    this.entries.clear();
+  }
+}
