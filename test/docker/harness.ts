@@ -35,19 +35,25 @@ export async function runProxy(teardown: Teardown, args: readonly string[], o: {
   const child = spawn(PYTHON, [fakeDockerd, ...listen, '--', cmd, ...argv], { stdio: ['pipe', 'pipe', 'inherit'], env: { ...process.env, ...o.env } });
   const lines = readline.createInterface({ input: child.stdout! });
   const queue: Record<string, unknown>[] = [];
-  const waiters: ((rec: Record<string, unknown>) => void)[] = [];
+  const waiters: { resolve: (rec: Record<string, unknown>) => void; reject: (err: Error) => void }[] = [];
+  let closed = false;
   lines.on('line', (line) => {
     const rec = JSON.parse(line) as Record<string, unknown>;
     const w = waiters.shift();
-    if (w !== undefined) w(rec);
+    if (w !== undefined) w.resolve(rec);
     else queue.push(rec);
+  });
+  // Its stdout ends after its last line: a record still expected then will never come.
+  lines.on('close', () => {
+    closed = true;
+    for (const w of waiters.splice(0)) w.reject(new Error('fake-dockerd ended without the expected record'));
   });
   const next = (): Promise<Record<string, unknown>> =>
     new Promise((resolve, reject) => {
       const q = queue.shift();
       if (q !== undefined) return resolve(q);
-      waiters.push(resolve);
-      child.once('exit', (code) => reject(new Error(`fake-dockerd exited (${code}) early`)));
+      if (closed) return reject(new Error('fake-dockerd ended without the expected record'));
+      waiters.push({ resolve, reject });
     });
   let proxyPid = 0;
   teardown(() => {
