@@ -35,13 +35,17 @@ export function findSyslog(env: NodeJS.ProcessEnv = process.env): string | null 
   return null;
 }
 
-class SyslogDestination implements DestinationStream {
+/** Log lines to the syslog socket `socket` through the `logger` program at `logger`. */
+export class SyslogDestination implements DestinationStream {
   private readonly queue: { priority: string; line: string }[] = [];
   private running = false;
   private dropped = 0;
   private idle: (() => void)[] = [];
 
-  constructor(private readonly logger: string) {}
+  constructor(
+    private readonly logger: string,
+    private readonly socket: string = DEV_LOG,
+  ) {}
 
   write(line: string): void {
     if (this.queue.length >= MAX_QUEUED) {
@@ -69,7 +73,7 @@ class SyslogDestination implements DestinationStream {
       lines.push(`{"msg":"${this.dropped} log lines dropped: syslog could not keep up"}`);
       this.dropped = 0;
     }
-    const child = spawn(this.logger, [`--id=${process.pid}`, '-t', TAG, '-p', `daemon.${first.priority}`], { stdio: ['pipe', 'ignore', 'ignore'] });
+    const child = spawn(this.logger, ['-u', this.socket, `--id=${process.pid}`, '-t', TAG, '-p', `daemon.${first.priority}`], { stdio: ['pipe', 'ignore', 'ignore'] });
     child.on('error', () => this.next());
     child.on('close', () => this.next());
     child.stdin.on('error', () => {});
