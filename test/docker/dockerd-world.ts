@@ -90,7 +90,13 @@ export class DockerWorld {
     return ['-t', String(this.holderPid), ...(net ? ['--net'] : []), ...(mount ? ['--mount'] : []), '--'];
   }
 
+  /** If this test process dies before teardown ran: kill what we started, by PID (synchronous). */
+  private readonly onExit = (): void => {
+    for (const pid of [...this.processesInside(), this.dockerdPid, this.containerdPid, this.holderPid]) if (pid > 0) kill(pid, 'SIGKILL');
+  };
+
   async start(proxyPath: string, proxyConfig: string): Promise<void> {
+    process.once('exit', this.onExit);
     const holder = spawn('unshare', ['--net', '--mount', '--propagation', 'private', '--', 'sh', '-c', 'mount -t tmpfs -o mode=755 tmpfs /run && mkdir /run/containerd /run/docker && ip link set lo up && echo ready && exec sleep infinity'], { stdio: ['ignore', 'pipe', 'inherit'] });
     this.children.push(holder);
     this.holderPid = holder.pid ?? 0;
@@ -182,6 +188,14 @@ export class DockerWorld {
     return out;
   }
 
+  argvOf(pid: number): string[] {
+    try {
+      return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    } catch {
+      return [];
+    }
+  }
+
   /** Every process in the private mount namespace (ours: containerd, dockerd, shims, proxies). */
   private processesInside(): number[] {
     if (this.holderPid <= 0) return [];
@@ -226,6 +240,7 @@ export class DockerWorld {
   }
 
   async teardown(): Promise<void> {
+    process.off('exit', this.onExit);
     if (this.dockerdPid > 0 && alive(this.dockerdPid)) {
       const ids = await this.docker(['ps', '-aq'], 15_000);
       const list = ids.stdout.split('\n').filter((s) => s !== '');

@@ -20,6 +20,7 @@ const HTTP_PORT = 18080;
 const UDP_PORT = 15353;
 const PP_PORT = 18081;
 const TAKEN_PORT = 18082;
+const BOTH_PORT = 18083;
 const UDP_ECHO = 'import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(("0.0.0.0",53))\nwhile True:\n  d,a=s.recvfrom(65535)\n  s.sendto(b"echo:"+d,a)\n';
 
 t.setTimeout(240_000);
@@ -65,6 +66,16 @@ t.test('dockerd drives portferry-docker-proxy', skipUnless({ root: true, tools: 
     t.equal(listening.stdout.trim(), '', 'both ports are free in the namespace');
     const log = readLog(world.proxyLog);
     for (const pid of pids) t.ok(log.some((r) => r['pid'] === pid && r['msg'] === 'stopped'), `proxy ${pid} logged "stopped" (it drained and exited by itself)`);
+  });
+
+  await t.test('-p P:80 without a host IP: one proxy per family, IPv6 clients reach the IPv4 container', async (t) => {
+    await dockerOk(['run', '-d', '--name', 'both', '-p', `${BOTH_PORT}:80`, IMAGE, 'httpd', '-f', '-p', '80', '-h', '/www']);
+    const procs = world.dockerdChildren(proxyBin, '-host-port', String(BOTH_PORT));
+    const hostIPs = procs.map((pid) => world.argvOf(pid)).map((argv) => argv[argv.indexOf('-host-ip') + 1]).sort();
+    t.same(hostIPs, ['0.0.0.0', '::'], 'dockerd started two portferry-docker-proxy processes: 0.0.0.0 and ::');
+    t.same(await nodeClient('http', '127.0.0.1', String(BOTH_PORT)), { status: 200, body: 'hello from the container\n' }, 'over IPv4');
+    t.same(await nodeClient('http', '::1', String(BOTH_PORT)), { status: 200, body: 'hello from the container\n' }, 'over IPv6, to the container\'s IPv4 address');
+    await dockerOk(['rm', '-f', 'both']);
   });
 
   await t.test('a host port already taken: docker run fails showing portferry\'s message', async (t) => {
