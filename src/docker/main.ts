@@ -7,7 +7,7 @@
 // socket dockerd bound: adopt it, bind nothing. stdout/stderr are /dev/null; SIGINT stops us and
 // dockerd waits without a timeout, so the drain is bounded. One listener, the same TcpListener /
 // UdpListener and DirectDialer as `portferry run`; no CLI framework, no YAML unless a config exists.
-import { closeSync, fstatSync, readdirSync, readFileSync, readlinkSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, readdirSync, readlinkSync, writeSync } from 'node:fs';
 import type { Listener } from '../api.js';
 import { formatEndpoint, formatHostPort } from '../addr.js';
 import { expandBindings } from '../config/validate.js';
@@ -61,9 +61,9 @@ export function statusMessage(err: PortferryError): string {
   return `${err.code}: ${err.message}: ${err.problems.map((p) => `${p.code}: ${p.message}`).join('; ')}`;
 }
 
-function asPortferryError(err: unknown, code: 'PF_BIND_FAILED' | 'PF_LISTEN_FD' = 'PF_BIND_FAILED'): PortferryError {
+function asPortferryError(err: unknown): PortferryError {
   if (err instanceof PortferryError) return err;
-  return new PortferryError(code, err instanceof Error ? err.message : String(err), { cause: err });
+  return new PortferryError('PF_BIND_FAILED', err instanceof Error ? err.message : String(err), { cause: err });
 }
 
 /** Writes the status to fd 3 once (when dockerd gave us one) and closes it. */
@@ -126,7 +126,7 @@ export async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Pro
   try {
     const parsed = parseDockerProxyArgv(argv);
     if (parsed.kind === 'help' || parsed.kind === 'version') {
-      process.stdout.write(parsed.kind === 'help' ? `${USAGE}\n` : `portferry-docker-proxy ${packageVersion()}\n`);
+      process.stdout.write(parsed.kind === 'help' ? `${USAGE}\n` : `portferry-docker-proxy ${(await import('../version.js')).VERSION}\n`);
       return;
     }
     args = parsed.args;
@@ -193,13 +193,5 @@ function safeSink(config: DockerProxyConfig, env: NodeJS.ProcessEnv): LogSink {
     return openLogSink(config.log, config.file, env);
   } catch {
     return { destination: null, flush: () => Promise.resolve() };
-  }
-}
-
-function packageVersion(): string {
-  try {
-    return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: string }).version ?? 'unknown';
-  } catch {
-    return 'unknown';
   }
 }
