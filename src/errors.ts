@@ -114,7 +114,7 @@ export const CATALOGUE = {
     fix: 'Check the container is running and reachable from the host (or from its netns), or raise connectTimeout.',
   },
   PF_DIAL_FAILED: {
-    meaning: 'Connecting to the container failed (refused, unreachable).',
+    meaning: 'Connecting to the container failed (refused, unreachable), or no descriptor was left here to dial it (EMFILE, ENFILE).',
     fix: 'Check the container listens on the container port and that its IP is right; the client was disconnected and the listener keeps serving.',
   },
   PF_WORKER: {

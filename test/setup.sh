@@ -7,6 +7,7 @@ declare -A pkg_of=(
   [ip]=iproute2 [iptables]=iptables [ip6tables]=iptables [nft]=nftables [haproxy]=haproxy
   [nginx]=nginx [unbound]=unbound [conntrack]=conntrack [socat]=socat [iperf3]=iperf3
   [nsenter]=util-linux [setpriv]=util-linux [unshare]=util-linux
+  [taskset]=util-linux [prlimit]=util-linux [cc]=gcc
 )
 
 want=()

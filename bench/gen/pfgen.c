@@ -5,14 +5,18 @@
 //   pfgen serve PORT         TCP: reads 32-byte requests, answers each with 128 bytes, closes on
 //                            EOF. The first byte of a request names the workload ('C' connections
 //                            per second, 'R' ping-pong, 'I' idle); the server treats them alike.
-//   pfgen sink PORT          UDP: counts datagrams and bytes; a line on stdin prints
-//                            "<datagrams> <bytes> <min size> <max size>" and resets the counters.
+//   pfgen sink PORT          UDP: counts datagrams and bytes of the current run; a line on stdin
+//                            (a 16-hex-digit run token, or empty) prints the counters as JSON,
+//                            resets them and makes that token current. Only datagrams that start
+//                            with the current token count; any other is counted as "other" (late
+//                            datagrams of an earlier run, still queued in a forwarder).
 // Clients (run in the client namespace or the host namespace):
 //   pfgen rr HOST PORT SECONDS              one connection, ping-pong; prints JSON
 //   pfgen cps HOST PORT SECONDS THREADS     connect, request, reply, close, in a loop; prints JSON
 //   pfgen idle HOST PORT COUNT              opens COUNT connections, each proven end to end by one
 //                                           request/reply; prints JSON, then holds them until stdin closes
-//   pfgen udp HOST PORT SIZE SECONDS        sends SIZE-byte datagrams as fast as it can; prints JSON
+//   pfgen udp HOST PORT SIZE SECONDS TOKEN  sends SIZE-byte datagrams (starting with the 8 bytes of
+//                                           the hex TOKEN) as fast as it can; prints JSON
 // Every line printed is one JSON object; errors go to stderr and exit 2.
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -166,6 +170,16 @@ static int serve(const char *port) {
 
 // -- sink: UDP backend that counts --------------------------------------------------------------
 
+/* 16 hex digits → 8 bytes; returns 0 when the text is not such a token. */
+static int parse_token(const char *hex, unsigned char out[8]) {
+  for (int i = 0; i < 8; i++) {
+    unsigned v;
+    if (sscanf(hex + 2 * i, "%2x", &v) != 1) return 0;
+    out[i] = (unsigned char)v;
+  }
+  return 1;
+}
+
 static int sink(const char *port) {
   int fd = listen_on(SOCK_DGRAM, port);
   int big = 32 << 20;
@@ -182,7 +196,9 @@ static int sink(const char *port) {
     msgs[i].msg_hdr.msg_iov = &iov[i];
     msgs[i].msg_hdr.msg_iovlen = 1;
   }
-  unsigned long long count = 0, bytes = 0, minsz = (unsigned long long)-1, maxsz = 0;
+  unsigned long long count = 0, bytes = 0, minsz = (unsigned long long)-1, maxsz = 0, other = 0;
+  unsigned char token[8];
+  int have_token = 0;
   printf("{\"ready\":true}\n");
   fflush(stdout);
   struct pollfd pfd[2] = {{.fd = fd, .events = POLLIN}, {.fd = 0, .events = POLLIN}};
@@ -197,6 +213,10 @@ static int sink(const char *port) {
         if (n <= 0) break;
         for (int i = 0; i < n; i++) {
           unsigned long long l = msgs[i].msg_len;
+          if (!have_token || l < sizeof token || memcmp(bufs[i], token, sizeof token) != 0) {
+            other++;
+            continue;
+          }
           count++;
           bytes += l;
           if (l < minsz) minsz = l;
@@ -206,11 +226,13 @@ static int sink(const char *port) {
     }
     if (pfd[1].revents & (POLLIN | POLLHUP)) {
       char line[64];
-      ssize_t r = read(0, line, sizeof line);
+      ssize_t r = read(0, line, sizeof line - 1);
       if (r <= 0) return 0;
-      printf("{\"datagrams\":%llu,\"bytes\":%llu,\"minSize\":%llu,\"maxSize\":%llu}\n", count, bytes, count ? minsz : 0, maxsz);
+      line[r] = 0;
+      printf("{\"datagrams\":%llu,\"bytes\":%llu,\"minSize\":%llu,\"maxSize\":%llu,\"other\":%llu}\n", count, bytes, count ? minsz : 0, maxsz, other);
       fflush(stdout);
-      count = bytes = maxsz = 0;
+      have_token = parse_token(line, token);
+      count = bytes = maxsz = other = 0;
       minsz = (unsigned long long)-1;
     }
   }
@@ -368,7 +390,7 @@ static int idle(const char *host, const char *port, long count) {
   return 0;
 }
 
-static int udp(const char *host, const char *port, int size, double seconds) {
+static int udp(const char *host, const char *port, int size, double seconds, const char *hex) {
   struct sockaddr_in sa = addr_of(host, port);
   int fd = socket(AF_INET, SOCK_DGRAM, 0);
   if (fd < 0) die("socket");
@@ -377,6 +399,11 @@ static int udp(const char *host, const char *port, int size, double seconds) {
   enum { B = 32 };
   static char buf[2048];
   memset(buf, 'u', sizeof buf);
+  if (!parse_token(hex, (unsigned char *)buf)) {
+    fprintf(stderr, "pfgen: not a 16-hex-digit token: %s\n", hex);
+    return 2;
+  }
+  if (size < 8) size = 8;
   struct mmsghdr msgs[B];
   struct iovec iov[B];
   for (int i = 0; i < B; i++) {
@@ -413,7 +440,7 @@ int main(int argc, char **argv) {
   if (!strcmp(mode, "rr") && argc == 5) return rr(argv[2], argv[3], atof(argv[4]));
   if (!strcmp(mode, "cps") && argc == 6) return cps(argv[2], argv[3], atof(argv[4]), atoi(argv[5]));
   if (!strcmp(mode, "idle") && argc == 5) return idle(argv[2], argv[3], atol(argv[4]));
-  if (!strcmp(mode, "udp") && argc == 6) return udp(argv[2], argv[3], atoi(argv[4]), atof(argv[5]));
-  fprintf(stderr, "usage: pfgen serve PORT | sink PORT | rr HOST PORT SECONDS | cps HOST PORT SECONDS THREADS | idle HOST PORT COUNT | udp HOST PORT SIZE SECONDS\n");
+  if (!strcmp(mode, "udp") && argc == 7) return udp(argv[2], argv[3], atoi(argv[4]), atof(argv[5]), argv[6]);
+  fprintf(stderr, "usage: pfgen serve PORT | sink PORT | rr HOST PORT SECONDS | cps HOST PORT SECONDS THREADS | idle HOST PORT COUNT | udp HOST PORT SIZE SECONDS TOKEN\n");
   return 2;
 }

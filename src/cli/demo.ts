@@ -12,9 +12,10 @@ import type { Command } from 'commander';
 import { mappingsFromObjects } from '../config/index.js';
 import { isPortferryError } from '../errors.js';
 import { createLogger, type LogLevel } from '../log.js';
-import { createTopology, type Topology } from '../netns/topology.js';
+import { createTopology, destroyAllTopologies, type Topology } from '../netns/topology.js';
 import { EXIT_FAILURE, EXIT_OK, logLevelArg, reportError } from './common.js';
 import { startForwarder, type Forwarder } from '../forwarder/index.js';
+import { holdStopSignals } from './signals.js';
 
 interface DemoFlags {
   readonly port: string;
@@ -122,7 +123,14 @@ export function registerDemoCommand(program: Command): void {
       const cleanup = async (): Promise<void> => {
         await forwarder?.close(0);
         await backend?.stop();
+        await destroyAllTopologies(); // one still being created when a signal came
       };
+      // From the start (namespaces are made first): a signal removes everything, then ends the
+      // process — by the signal while starting up, with exit 0 once it serves (Ctrl-C is the way out).
+      let serving = false;
+      const held = holdStopSignals(() => {
+        void cleanup().finally(() => held.release(serving ? EXIT_OK : undefined));
+      });
       try {
         backend = await startBackend(flags.netns, say);
         const b = backend;
@@ -152,18 +160,18 @@ export function registerDemoCommand(program: Command): void {
           const ok = res.status === 200 && res.body.startsWith('hello from the portferry demo backend');
           say(ok ? `ok: GET ${url} answered ${res.status}: ${res.body.split('\n').slice(0, 2).join(' / ')}` : `FAILED: GET ${url} answered ${res.status}: ${res.body}`);
           await cleanup();
+          held.release();
           process.exitCode = ok ? EXIT_OK : EXIT_FAILURE;
           return;
         }
+        serving = true;
         say(`try:       curl ${url}\n(Ctrl-C to stop; everything the demo created is removed)`);
-        const stop = (): void => {
-          void cleanup().then(() => process.exit(EXIT_OK));
-        };
-        process.once('SIGINT', stop);
-        process.once('SIGTERM', stop);
       } catch (err) {
         await cleanup();
-        process.exitCode = reportError(err);
+        if (held.received === null) {
+          held.release();
+          process.exitCode = reportError(err);
+        }
       }
     });
 }

@@ -5,7 +5,7 @@
 import { execFile } from 'node:child_process';
 import cluster from 'node:cluster';
 import os from 'node:os';
-import { InvalidArgumentError, Option, type Command } from 'commander';
+import { InvalidArgumentError, type Command } from 'commander';
 import type { Mapping } from '../api.js';
 import { DEFAULTS } from '../config/defaults.js';
 import { defaultApiSocket } from '../control/client.js';
@@ -17,10 +17,12 @@ import { formatHostPort } from '../addr.js';
 import type { StatsRow } from '../forwarder/engine.js';
 import { PortferryError, isPortferryError } from '../errors.js';
 import { Forwarder } from '../forwarder/forwarder.js';
+import { selfTest } from '../internals.js';
+import { raiseNofileLimit } from '../limits.js';
 import { logReady } from '../forwarder/ready.js';
 import { WorkerEngine, runWorker } from '../forwarder/workers.js';
 import { createLogger, type LogFormat, type LogLevel, type Logger } from '../log.js';
-import { EXIT_FAILURE, EXIT_OK, durationArg, loadFromFlags, logFormatArg, logLevelArg, mappingOptions, reportError, type MappingFlags } from './common.js';
+import { EXIT_FAILURE, EXIT_OK, durationOption, loadFromFlags, logFormatArg, logLevelArg, mappingOptions, reportError, type MappingFlags } from './common.js';
 import { VERSION } from '../version.js';
 
 interface RunFlags extends MappingFlags {
@@ -53,7 +55,7 @@ export function registerRunCommand(program: Command): void {
     .command('run')
     .description('forward the given mappings until SIGTERM/SIGINT; with --api, take more at runtime');
   mappingOptions(cmd)
-    .addOption(new Option('--drain-timeout <duration>', 'on SIGTERM/SIGINT, let open connections finish for this long').argParser(durationArg).default(DEFAULTS.drainTimeoutMs, '10s'))
+    .addOption(durationOption('--drain-timeout <duration>', 'on SIGTERM/SIGINT, let open connections finish for this long', DEFAULTS.drainTimeoutMs ?? 10_000))
     .option('--api [path]', `serve the runtime API on this unix socket (rootlesskit-compatible /v1/ports and native /v1/mappings; default ${defaultApiSocket()})`)
     .option('--metrics <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464)', metricsArg)
     .option('--state <file>', 'keep the mappings added at runtime in this file (atomic writes) and restore them, same ids, on the next start')
@@ -90,6 +92,11 @@ async function serve(flags: RunFlags, logger: Logger): Promise<number | undefine
   let forwarder: Forwarder | null = null;
   let api: ApiServer | null = null;
   let metrics: MetricsServer | null = null;
+  raiseNofileLimit(logger);
+  const fastPaths = await selfTest();
+  for (const [name, status] of Object.entries(fastPaths)) {
+    if (!status.on) logger.warn({ fastPath: name, why: status.why }, 'a fast path of the data path is off; the public Node API is used instead (slower, same bytes)');
+  }
   try {
     const mappings = await loadCommandLine(flags, apiPath !== undefined || flags.state !== undefined);
     // A state file that cannot be used stops the start before anything is bound.
@@ -114,7 +121,7 @@ async function serve(flags: RunFlags, logger: Logger): Promise<number | undefine
     return reportError(err);
   }
   const running = forwarder;
-  logReady(logger, running, { ...(api !== null ? { api: api.socketPath } : {}), ...(metrics !== null ? { metrics: formatHostPort(metrics.address.ip, metrics.address.port) } : {}), ...(flags.state !== undefined ? { state: flags.state } : {}) });
+  logReady(logger, running, { fastPaths: Object.fromEntries(Object.entries(fastPaths).map(([k, v]) => [k, v.on])), ...(api !== null ? { api: api.socketPath } : {}), ...(metrics !== null ? { metrics: formatHostPort(metrics.address.ip, metrics.address.port) } : {}), ...(flags.state !== undefined ? { state: flags.state } : {}) });
   notifySystemd(logger);
 
   let stopping = false;

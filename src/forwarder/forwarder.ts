@@ -7,6 +7,7 @@
 // A change is all or nothing: on any error nothing of it stays bound and the registry is as before.
 import type { Listener, Mapping } from '../api.js';
 import { findConflicts, mappingToObject, throwIfProblems } from '../config/index.js';
+import { checkListenerBudget } from '../config/validate.js';
 import { PortferryError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { checkNetnsPaths } from './dialers.js';
@@ -94,7 +95,8 @@ export class Forwarder {
 
   private async addNow(mappings: readonly Mapping[], owner: string | null, origin: Origin, ids?: readonly number[], ignore: ReadonlySet<number> = new Set(), owners?: readonly (string | null)[]): Promise<Entry[]> {
     const existing = [...this.entries.values()].filter((e) => !ignore.has(e.id));
-    const problems = findConflicts(mappings, existing.map((e) => e.mapping));
+    const problems = checkListenerBudget(mappings, existing.map((e) => e.mapping));
+    if (problems.length === 0) problems.push(...findConflicts(mappings, existing.map((e) => e.mapping)));
     const names = new Map(existing.map((e) => [e.mapping.name, e]));
     const portConflicts = problems.length > 0;
     mappings.forEach((m, i) => {

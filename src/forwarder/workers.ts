@@ -11,6 +11,7 @@
 import cluster, { type Worker } from 'node:cluster';
 import type { Listener } from '../api.js';
 import { CATALOGUE, PortferryError, isPortferryError, type ErrorCode } from '../errors.js';
+import { selfTest } from '../internals.js';
 import type { Logger } from '../log.js';
 import { LocalEngine, type Engine, type EngineItem, type StatsRow } from './engine.js';
 
@@ -232,6 +233,9 @@ export class WorkerEngine implements Engine {
 /** Worker process: applies the changes the main process sends, serves until told to stop. */
 export function runWorker(logger: Logger): void {
   const engine = new LocalEngine(logger);
+  void selfTest().then((report) => {
+    for (const [name, status] of Object.entries(report)) if (!status.on) logger.warn({ fastPath: name, why: status.why }, 'a fast path is off in this worker');
+  });
   let stopping = false;
   let drainTimeoutMs = 0; // until the config message says otherwise
   const send = (msg: ToPrimary): void => {

@@ -17,8 +17,9 @@ import net from 'node:net';
 import dgram from 'node:dgram';
 import type { Endpoint } from '../api.js';
 import { PortferryError } from '../errors.js';
+import { fixReceivedUdp6Connect } from '../internals.js';
 import type { Logger } from '../log.js';
-import { dialError, dialTimeoutError, wrapDgram, type DialOptions, type Dialer, type UdpChannel } from '../proxy/dialer.js';
+import { dialError, dialTimeoutError, wrapDgram, type DialAttempt, type DialCallback, type Dialer, type UdpChannel } from '../proxy/dialer.js';
 import { isHelperReply, type HelperReply, type HelperRequest } from './helper-protocol.js';
 import { validateNetnsPath } from './nsfs.js';
 
@@ -301,14 +302,15 @@ export class NetnsDialer implements Dialer {
     });
   }
 
-  dialTcp(target: Endpoint, options: DialOptions): Promise<net.Socket> {
+  dialTcp(target: Endpoint, timeoutMs: number, done: DialCallback): DialAttempt {
     const started = Date.now();
-    return this.request<net.Socket>(
-      (id) => ({ type: 'dial-tcp', id, ip: target.ip, port: target.port, timeoutMs: Math.max(1, options.timeoutMs - (Date.now() - started)) }),
-      options.timeoutMs,
-      () => dialTimeoutError(target, options.timeoutMs),
+    const ac = new AbortController();
+    this.request<net.Socket>(
+      (id) => ({ type: 'dial-tcp', id, ip: target.ip, port: target.port, timeoutMs: Math.max(1, timeoutMs - (Date.now() - started)) }),
+      timeoutMs,
+      () => dialTimeoutError(target, timeoutMs),
       async (msg, handle) => {
-        if (msg.type === 'error') throw msg.timeout ? dialTimeoutError(target, options.timeoutMs) : dialError(target, Object.assign(new Error(msg.message), { code: msg.errno }));
+        if (msg.type === 'error') throw msg.timeout ? dialTimeoutError(target, timeoutMs) : dialError(target, Object.assign(new Error(msg.message), { code: msg.errno }));
         if (msg.type !== 'tcp' || !(handle instanceof net.Socket)) {
           if (handle instanceof dgram.Socket) handle.close();
           throw dialError(target, Object.assign(new Error(`netns helper answered ${msg.type} without a TCP socket`), { code: 'EPROTO' }));
@@ -320,9 +322,14 @@ export class NetnsDialer implements Dialer {
         handle.setNoDelay(true);
         return handle;
       },
-      options.signal,
-      () => dialError(target, Object.assign(new Error('aborted'), { code: 'ABORTED' })),
+      ac.signal,
+    ).then(
+      (socket) => done(null, socket),
+      (err: unknown) => {
+        if (!ac.signal.aborted) done(err instanceof Error ? err : new Error(String(err)), null);
+      },
     );
+    return { cancel: () => ac.abort() };
   }
 
   openUdp(target: Endpoint): Promise<UdpChannel> {
@@ -382,19 +389,3 @@ async function validateUserns(p: string): Promise<void> {
     });
   }
 }
-
-/**
- * Node 20 bug: a dgram socket received over IPC gets its handle through `replaceHandle`, which
- * copies the IPv6 `bind` and `send` methods onto the new handle but not `connect`, so connecting a
- * received udp6 socket calls the IPv4 connect and fails with EINVAL. Point it at `connect6`.
- * Returns false when Node's internals are not as expected (the caller then does without connect).
- */
-function fixReceivedUdp6Connect(socket: dgram.Socket): boolean {
-  const sym = Object.getOwnPropertySymbols(socket).find((s) => s.description === 'state symbol');
-  const state = sym === undefined ? undefined : (socket as unknown as Record<symbol, { handle?: Record<string, unknown> } | undefined>)[sym];
-  const handle = state?.handle;
-  if (handle === undefined || typeof handle['connect6'] !== 'function') return false;
-  handle['connect'] = handle['connect6'];
-  return true;
-}
-

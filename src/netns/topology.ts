@@ -18,8 +18,11 @@
 // when its stdin closes, so it dies with us even on SIGKILL). Only `ctr` exists, loopback only;
 // `host` is the caller's own namespace, entered as that unprivileged user.
 //
-// Cleanup runs from destroy(), on SIGINT/SIGTERM/SIGHUP (then the signal is re-raised when nobody
-// else handles it) and on process exit (synchronously).
+// Cleanup runs from destroy(), from destroyAllTopologies() and on process exit (synchronously, as
+// a last resort). Signals are the program's business, not this module's: a program that must clean
+// up on SIGINT/SIGTERM handles them and calls destroy() or destroyAllTopologies() (the CLI does it
+// with holdStopSignals in src/cli/signals.ts); a signal nobody handles ends the process without
+// an 'exit' event, and what it made stays.
 import { spawn, execFileSync, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { PortferryError } from '../errors.js';
@@ -66,7 +69,7 @@ export interface Topology {
   exec(ns: NsName, cmd: string, args: readonly string[], opts?: { input?: string }): Promise<{ stdout: string; stderr: string }>;
   /** Started inside `ns` (as the namespace's user in rootless); killed by PID in destroy(). */
   spawn(ns: NsName, cmd: string, args: readonly string[], opts?: SpawnOptions): ChildProcess;
-  /** Idempotent; also runs on SIGINT/SIGTERM/exit of the process. */
+  /** Idempotent; also runs (synchronously) when the process exits. */
   destroy(): Promise<void>;
 }
 
@@ -287,9 +290,19 @@ class TopologyImpl implements Topology {
 
   // -- cleanup ------------------------------------------------------------------------------------
 
+  /**
+   * Each call runs the (idempotent) teardown once more after any still under way: a destroy() from
+   * a signal handler while the setup runs is followed by another when the setup stops, which
+   * removes what the setup made meanwhile.
+   */
   destroy(): Promise<void> {
-    if (this.destroying === null) this.destroying = this.teardown();
+    this.destroying = (this.destroying ?? Promise.resolve()).catch(() => undefined).then(() => this.teardown());
     return this.destroying;
+  }
+
+  /** Whether destroy() was called (setup stops at its next step). */
+  get destroyed(): boolean {
+    return this.destroying !== null;
   }
 
   private async teardown(): Promise<void> {
@@ -301,7 +314,6 @@ class TopologyImpl implements Topology {
     }
     this.made.length = 0;
     live.delete(this);
-    uninstallSignalHandlersIfIdle();
   }
 
   /** For the process 'exit' event: synchronous, best effort. */
@@ -355,45 +367,21 @@ function isRoot(): boolean {
 
 // -- process-wide cleanup ---------------------------------------------------------------------------
 
-const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 let exitHandlerInstalled = false;
-let signalHandlersInstalled = false;
 
 function onExit(): void {
   for (const t of [...live]) t.teardownSync();
 }
 
-/**
- * A signal while topologies are alive: destroy them all, then, when nobody else listens for the
- * signal, re-raise it so the process dies of it as it would have without us. A program that
- * handles the signal itself owns its exit (the 'exit' hook still cleans up whatever is left).
- */
-function onSignal(sig: NodeJS.Signals): void {
-  uninstallSignalHandlers();
-  const others = process.listenerCount(sig);
-  void Promise.allSettled([...live].map((t) => t.destroy())).then(() => {
-    if (others === 0 && process.listenerCount(sig) === 0) process.kill(process.pid, sig);
-  });
+function installExitHandler(): void {
+  if (exitHandlerInstalled) return;
+  exitHandlerInstalled = true;
+  process.on('exit', onExit);
 }
 
-function installHandlers(): void {
-  if (!exitHandlerInstalled) {
-    exitHandlerInstalled = true;
-    process.on('exit', onExit);
-  }
-  if (signalHandlersInstalled) return;
-  signalHandlersInstalled = true;
-  for (const s of SIGNALS) process.on(s, onSignal);
-}
-
-function uninstallSignalHandlers(): void {
-  if (!signalHandlersInstalled) return;
-  signalHandlersInstalled = false;
-  for (const s of SIGNALS) process.off(s, onSignal);
-}
-
-function uninstallSignalHandlersIfIdle(): void {
-  if (live.size === 0) uninstallSignalHandlers();
+/** Destroys every live topology of this process (for a program's signal handler). */
+export async function destroyAllTopologies(): Promise<void> {
+  await Promise.allSettled([...live].map((t) => t.destroy()));
 }
 
 /**
@@ -410,10 +398,11 @@ export async function createTopology(opts: TopologyOptions = {}, hooks: Topology
   }
   const topo = new TopologyImpl(mode, opts);
   live.add(topo);
-  installHandlers();
+  installExitHandler();
   try {
     if (mode === 'root') await topo.setupRoot(hooks);
     else await topo.setupRootless(hooks);
+    if (topo.destroyed) throw setupError('it was destroyed while being created (destroyAllTopologies)', null);
     await hooks.afterStep?.('ready', topo);
   } catch (err) {
     await topo.destroy();

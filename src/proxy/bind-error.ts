@@ -68,3 +68,12 @@ export function bindError(err: unknown, binding: Binding, address: Endpoint = bi
       return new PortferryError('PF_BIND_FAILED', `cannot bind ${where} for ${mapping}: ${errno}`, { cause: err, details });
   }
 }
+
+/** A listener closed or destroyed before its bind completed (or asked to listen after that). */
+export function closedBeforeListening(binding: Binding): PortferryError {
+  const address = formatEndpoint(binding.host);
+  return new PortferryError('PF_BIND_FAILED', `${binding.mapping.protocol} ${address} for mapping "${binding.mapping.name}" was closed before it was listening`, {
+    details: { mapping: binding.mapping.name, address },
+    hint: 'Nothing to fix: the mapping was removed or the forwarder shut down while it was starting.',
+  });
+}

@@ -14,17 +14,19 @@
 // - Backpressure: when the destination's buffer is over its high-water mark, the source is paused
 //   until 'drain'. Memory per connection is bounded by one read chunk plus the write buffer.
 // - Bulk: a direction that has moved 1 MiB switches from Node's allocate-per-read 'data' events
-//   to reading into a small ring of its own buffers (ownBufferReads, src/proxy/fast-read.ts);
+//   to reading into a small ring of its own buffers (src/internals.ts: bulkReads);
 //   idle and small connections hold no buffer of ours.
 // - Timers: one per connection, the client socket's own inactivity timer (Node refreshes it on
 //   every read and write). Every byte of either direction passes through the client socket, so
 //   its inactivity is exactly the connection's. It is the idle timeout while both directions run,
-//   and the half-close bound (min of both) once one direction is done.
-// - When both directions are done the sockets are destroyed and `done` resolves once.
+//   and the half-close bound (min of both) once one direction is done. With neither set, no timer.
+// - When both directions are done the sockets are destroyed and the relay ends once (`onEnd`).
+// - Per connection the relay allocates its two Direction objects and nothing else: socket events
+//   go to shared module-level handlers that find their Direction through the socket.
 import type net from 'node:net';
 import type { RelayEndReason, RelayResult } from '../api.js';
 import { errnoCode } from '../errors.js';
-import { readIntoOwnBuffers, resumeOwnBufferReads } from './fast-read.js';
+import { readIntoOwnBuffers, resumeOwnBufferReads } from '../internals.js';
 
 export interface RelayOptions {
   /** Close the connection after this long with no byte either way. 0: never. */
@@ -34,6 +36,7 @@ export interface RelayOptions {
 }
 
 type DirectionState = 'running' | 'shutting-down' | 'done';
+type Side = 'client' | 'container';
 
 /** A direction that has moved this much is a bulk transfer and reads into its own buffers. */
 const FAST_AFTER_BYTES = 1024 * 1024;
@@ -41,100 +44,86 @@ const RING_BUFFERS = 4;
 const RING_BUFFER_MIN = 128 * 1024;
 const RING_BUFFER_MAX = 1024 * 1024;
 
-const noop = (): void => {};
+/** On each relayed socket: the direction that reads from it. */
+const kDirection = Symbol('relay direction');
+type RelaySocket = net.Socket & { [kDirection]?: Direction };
 
-export class Relay {
-  readonly done: Promise<RelayResult>;
-  private resolveDone!: (r: RelayResult) => void;
-  private readonly started = Date.now();
-  private toContainer: DirectionState = 'running';
-  private toClient: DirectionState = 'running';
-  private bytesUp = 0;
-  private bytesDown = 0;
-  private finished = false;
-  private bulk = 0;
+/** Called once when the relay ends. */
+export type RelayEndCallback = (result: RelayResult, relay: Relay) => void;
+
+/** One direction of a relay: reads `src`, writes `dst`; running → shutting-down → done. */
+class Direction {
+  state: DirectionState = 'running';
+  bytes = 0;
+  /** Reading into its own buffers (bulk). */
+  bulk = false;
+  private switching = false;
+  /** The opposite direction (reads our dst, writes our src). */
+  other!: Direction;
 
   constructor(
-    private readonly client: net.Socket,
-    private readonly container: net.Socket,
-    private readonly options: RelayOptions,
-  ) {
-    this.done = new Promise((resolve) => {
-      this.resolveDone = resolve;
-    });
+    readonly relay: Relay,
+    readonly src: net.Socket,
+    readonly dst: net.Socket,
+    /** The side `src` belongs to (for end reasons). */
+    readonly from: Side,
+  ) {}
+
+  /** Wires src's events (and dst's events that concern this direction). */
+  wire(): void {
+    const { src, dst } = this;
+    (src as RelaySocket)[kDirection] = this;
+    src.on('data', onSrcData);
+    src.on('end', onSrcEnd);
+    src.on('error', onSocketError);
+    src.on('close', onSocketClose);
+    dst.on('drain', onDstDrain);
+    dst.on('finish', onDstFinish);
   }
 
-  get bytesToContainer(): number {
-    return this.bytesUp;
+  data(chunk: Buffer): void {
+    this.bytes += chunk.length;
+    if (!this.dst.write(chunk)) {
+      this.src.pause();
+      return;
+    }
+    if (!this.switching && this.bytes >= FAST_AFTER_BYTES) {
+      this.switching = true;
+      this.src.pause(); // no read is delivered before the tick below: no 'data' is lost in between
+      process.nextTick(switchToOwnBuffers, this);
+    }
   }
 
-  get bytesToClient(): number {
-    return this.bytesDown;
+  /** dst drained: reading may go on. */
+  drained(): void {
+    if (this.src.isPaused()) this.src.resume();
   }
 
-  /** Wires both directions and starts reading. Data already buffered in either socket flows first. */
-  start(): void {
-    const { client, container } = this;
-    client.allowHalfOpen = true;
-    container.allowHalfOpen = true;
-    this.pump(client, container, true);
-    this.pump(container, client, false);
-
-    client.on('error', (err) => this.fail(err, 'client'));
-    container.on('error', (err) => this.fail(err, 'container'));
-    // A socket closed without an error while a direction still runs (destroyed from elsewhere).
-    client.on('close', () => this.closedEarly('client'));
-    container.on('close', () => this.closedEarly('container'));
-
-    this.armTimer();
-    client.on('timeout', () => this.finish(this.toContainer === 'running' && this.toClient === 'running' ? 'idle-timeout' : 'half-close-timeout', true));
-    client.resume();
-    container.resume();
+  /** EOF from src: end dst's write side. */
+  ended(): void {
+    this.relay.directionChanged(this, 'shutting-down');
+    this.dst.end();
   }
 
-  /** Aborts the relay now: both sockets are reset. Idempotent. */
-  destroy(reason: RelayEndReason = 'destroyed'): void {
-    this.finish(reason, true);
+  /** Our FIN went out toward dst: complete once the source had ended. */
+  finished(): void {
+    if (this.state === 'shutting-down') this.relay.directionChanged(this, 'done');
   }
 
-  /**
-   * One direction. It starts with 'data' events (Node allocates each read; nothing is held while
-   * a connection is idle). Once it has moved FAST_AFTER_BYTES it is a bulk transfer, and it
-   * switches to reading into a small ring of buffers of its own (see ownBufferReads).
-   */
-  private pump(src: net.Socket, dst: net.Socket, up: boolean): void {
-    let switched = false;
-    const onData = (chunk: Buffer): void => {
-      this.count(up, chunk.length);
-      if (!dst.write(chunk)) {
-        src.pause();
-        return;
-      }
-      if (!switched && (up ? this.bytesUp : this.bytesDown) >= FAST_AFTER_BYTES) {
-        switched = true;
-        src.pause(); // no read is delivered before the tick below: no 'data' is lost in between
-        process.nextTick(switchToOwnBuffers);
-      }
-    };
-    const switchToOwnBuffers = (): void => {
-      if (this.finished || src.destroyed) return;
-      src.off('data', onData);
-      if (this.ownBufferReads(src, dst, up)) this.bulk++;
-      else src.on('data', onData);
+  switchToOwnBuffers(): void {
+    const { src } = this;
+    if (this.relay.ended || src.destroyed) return;
+    if (src.readableLength > 0) {
+      // Chunks wait in the socket's buffer (a backpressure pause left them): deliver them as
+      // 'data' first and try again on a later chunk, rather than stay in event mode for good.
+      this.switching = false;
       src.resume();
-    };
-    src.on('data', onData);
-    dst.on('drain', () => {
-      if (src.isPaused()) src.resume();
-    });
-    src.on('end', () => {
-      this.setState(up, 'shutting-down');
-      dst.end();
-    });
-    dst.on('finish', () => {
-      // Our FIN went out toward dst: this direction is complete once the source had ended.
-      if (this.stateOf(up) === 'shutting-down') this.setState(up, 'done');
-    });
+      return;
+    }
+    src.off('data', onSrcData);
+    if (this.ownBufferReads()) this.bulk = true;
+    else src.on('data', onSrcData); // the fast path is off: events for good
+    src.resume();
   }
 
   /**
@@ -147,7 +136,8 @@ export class Relay {
    * (up to RING_BUFFER_MAX) while reads fill them: fewer, larger reads for a real bulk stream,
    * little memory for a moderate one. At most RING_BUFFERS × RING_BUFFER_MAX per direction.
    */
-  private ownBufferReads(src: net.Socket, dst: net.Socket, up: boolean): boolean {
+  private ownBufferReads(): boolean {
+    const { src, dst } = this;
     let size = RING_BUFFER_MIN;
     const ring: (Buffer | undefined)[] = [];
     let current = 0;
@@ -162,7 +152,7 @@ export class Relay {
       }
     };
     const onRead = (n: number, buf: Buffer): boolean => {
-      this.count(up, n);
+      this.bytes += n;
       filled = n === buf.length;
       inFlight++;
       dst.write(buf.subarray(0, n), onWritten);
@@ -185,21 +175,107 @@ export class Relay {
     };
     return readIntoOwnBuffers(src, onRead, next);
   }
+}
 
-  private count(up: boolean, n: number): void {
-    if (up) this.bytesUp += n;
-    else this.bytesDown += n;
+// Shared socket handlers: `this` is the socket, its Direction says what to do.
+function onSrcData(this: RelaySocket, chunk: Buffer): void {
+  this[kDirection]?.data(chunk);
+}
+function onSrcEnd(this: RelaySocket): void {
+  this[kDirection]?.ended();
+}
+/** 'drain'/'finish' on a socket concern the direction that writes to it: the other one. */
+function onDstDrain(this: RelaySocket): void {
+  this[kDirection]?.other.drained();
+}
+function onDstFinish(this: RelaySocket): void {
+  this[kDirection]?.other.finished();
+}
+function onSocketError(this: RelaySocket, err: Error): void {
+  const d = this[kDirection];
+  d?.relay.failed(err, d.from);
+}
+function onSocketClose(this: RelaySocket): void {
+  const d = this[kDirection];
+  d?.relay.closedEarly(this, d.from);
+}
+function onClientTimeout(this: RelaySocket): void {
+  this[kDirection]?.relay.timedOut();
+}
+function switchToOwnBuffers(d: Direction): void {
+  d.switchToOwnBuffers();
+}
+
+export class Relay {
+  /** client → container */
+  private readonly up: Direction;
+  /** container → client */
+  private readonly down: Direction;
+  private readonly started = Date.now();
+  private timerMs = 0;
+  private result: RelayResult | null = null;
+  private whenDone: Promise<RelayResult> | null = null;
+  private resolveDone: ((r: RelayResult) => void) | null = null;
+
+  constructor(
+    private readonly client: net.Socket,
+    private readonly container: net.Socket,
+    private readonly options: RelayOptions,
+    private readonly onEnd: RelayEndCallback | null = null,
+  ) {
+    this.up = new Direction(this, client, container, 'client');
+    this.down = new Direction(this, container, client, 'container');
+    this.up.other = this.down;
+    this.down.other = this.up;
   }
 
-  private stateOf(up: boolean): DirectionState {
-    return up ? this.toContainer : this.toClient;
+  get bytesToContainer(): number {
+    return this.up.bytes;
   }
 
-  private setState(up: boolean, state: DirectionState): void {
-    if (this.finished) return;
-    if (up) this.toContainer = state;
-    else this.toClient = state;
-    if (this.toContainer === 'done' && this.toClient === 'done') {
+  get bytesToClient(): number {
+    return this.down.bytes;
+  }
+
+  get ended(): boolean {
+    return this.result !== null;
+  }
+
+  /** Resolves with the result once the relay has ended (for callers that prefer a promise). */
+  get done(): Promise<RelayResult> {
+    if (this.whenDone === null) {
+      this.whenDone = this.result !== null ? Promise.resolve(this.result) : new Promise((resolve) => (this.resolveDone = resolve));
+    }
+    return this.whenDone;
+  }
+
+  /** Wires both directions and starts reading. Data already buffered in either socket flows first. */
+  start(): void {
+    const { client, container } = this;
+    client.allowHalfOpen = true;
+    container.allowHalfOpen = true;
+    this.up.wire();
+    this.down.wire();
+    client.on('timeout', onClientTimeout);
+    this.armTimer();
+    client.resume();
+    container.resume();
+  }
+
+  /** Aborts the relay now: both sockets are reset. Idempotent. */
+  destroy(reason: RelayEndReason = 'destroyed'): void {
+    this.finish(reason, true);
+  }
+
+  /** Directions (0-2) that became bulk transfers. */
+  private bulkDirections(): number {
+    return (this.up.bulk ? 1 : 0) + (this.down.bulk ? 1 : 0);
+  }
+
+  directionChanged(d: Direction, state: DirectionState): void {
+    if (this.result !== null) return;
+    d.state = state;
+    if (this.up.state === 'done' && this.down.state === 'done') {
       this.finish('done', false);
       return;
     }
@@ -208,37 +284,39 @@ export class Relay {
 
   private armTimer(): void {
     const { idleTimeoutMs, halfCloseTimeoutMs } = this.options;
-    const halfClosed = this.toContainer !== 'running' || this.toClient !== 'running';
+    const halfClosed = this.up.state !== 'running' || this.down.state !== 'running';
     let ms = idleTimeoutMs;
     if (halfClosed && halfCloseTimeoutMs > 0) ms = ms === 0 ? halfCloseTimeoutMs : Math.min(ms, halfCloseTimeoutMs);
+    if (ms === this.timerMs) return;
+    this.timerMs = ms;
     this.client.setTimeout(ms);
   }
 
-  private fail(err: Error, side: 'client' | 'container'): void {
-    if (this.finished) return;
+  timedOut(): void {
+    this.finish(this.up.state === 'running' && this.down.state === 'running' ? 'idle-timeout' : 'half-close-timeout', true);
+  }
+
+  failed(err: Error, side: Side): void {
+    if (this.result !== null) return;
     const code = errnoCode(err);
     const reset = code === 'ECONNRESET' || code === 'EPIPE';
     const reason: RelayEndReason = side === 'client' ? (reset ? 'client-reset' : 'client-error') : reset ? 'container-reset' : 'container-error';
     this.finish(reason, true, code);
   }
 
-  private closedEarly(side: 'client' | 'container'): void {
-    if (this.finished) return;
+  closedEarly(socket: net.Socket, side: Side): void {
+    if (this.result !== null) return;
     // A socket that has read EOF and flushed our FIN closes by itself (autoDestroy): not an error;
     // the other socket's 'finish' completes the relay.
-    const socket = side === 'client' ? this.client : this.container;
     if (socket.readableEnded && socket.writableFinished) return;
     this.finish(side === 'client' ? 'client-error' : 'container-error', true, 'ECLOSED');
   }
 
   private finish(reason: RelayEndReason, reset: boolean, errorCode?: string): void {
-    if (this.finished) return;
-    this.finished = true;
+    if (this.result !== null) return;
     const { client, container } = this;
-    // Late errors on either socket must never crash the process.
-    client.on('error', noop);
-    container.on('error', noop);
-    client.setTimeout(0);
+    // Late errors on either socket must never crash the process: our 'error' listeners stay.
+    if (this.timerMs !== 0) client.setTimeout(0);
     if (reset) {
       if (!client.destroyed) client.resetAndDestroy();
       if (!container.destroyed) container.resetAndDestroy();
@@ -247,13 +325,15 @@ export class Relay {
       container.destroy();
     }
     const result: RelayResult = {
-      bytesToContainer: this.bytesUp,
-      bytesToClient: this.bytesDown,
+      bytesToContainer: this.up.bytes,
+      bytesToClient: this.down.bytes,
       reason,
       durationMs: Date.now() - this.started,
-      bulkDirections: this.bulk,
+      bulkDirections: this.bulkDirections(),
       ...(errorCode !== undefined ? { errorCode } : {}),
     };
-    this.resolveDone(result);
+    this.result = result;
+    this.onEnd?.(result, this);
+    this.resolveDone?.(result);
   }
 }

@@ -4,12 +4,12 @@
 // Ownership: the listener owns its server, the connections being dialled and the live relays;
 // close() stops accepting and lets relays finish for a grace period, destroy() aborts them all.
 import net from 'node:net';
-import type { Binding, Endpoint, Listener, TcpStats } from '../api.js';
-import { formatEndpoint } from '../addr.js';
-import { errnoCode } from '../errors.js';
+import type { Binding, Endpoint, Listener, RelayResult, TcpStats } from '../api.js';
+import { PortferryError, errnoCode } from '../errors.js';
 import type { Logger } from '../log.js';
-import { bindError } from './bind-error.js';
-import type { Dialer } from './dialer.js';
+import { RateLimitedWarner } from './warn.js';
+import { bindError, closedBeforeListening } from './bind-error.js';
+import type { DialAttempt, Dialer } from './dialer.js';
 import { buildConnectionHeader } from './header-hook.js';
 import { newUniqueId } from './proxy-header.js';
 import { Relay } from './relay.js';
@@ -23,44 +23,81 @@ export interface TcpListenerDeps {
 }
 
 const LISTEN_BACKLOG = 4096;
-const WARN_INTERVAL_MS = 10_000;
 const noop = (): void => {};
 
+/**
+ * new → binding → listening → closing → destroyed. close()/destroy() while binding reject the
+ * pending listen() with PF_BIND_FAILED and close the server as soon as its bind completes (the
+ * port is never left bound); listen() once closing or destroyed rejects the same way.
+ */
+type State = 'new' | 'binding' | 'listening' | 'closing' | 'destroyed';
+
 export class TcpListener implements Listener {
+  private state: State = 'new';
   private server: net.Server | null = null;
-  private readonly relays = new Set<Relay>();
-  private readonly dialling = new Map<net.Socket, AbortController>();
-  private closing = false;
+  private listening: Promise<void> | null = null;
+  /** Rejects the pending listen() (set while binding). */
+  private failListen: ((err: Error) => void) | null = null;
+  /** Live relays; with debug logging on, what their 'connection closed' line needs. */
+  private readonly relays = new Map<Relay, ConnectionInfo | null>();
+  /** Accepted connections whose container dial is under way. */
+  private readonly dialling = new Map<net.Socket, DialAttempt>();
   private closed: Promise<void> | null = null;
   private nextId = 1;
   private counts = { accepted: 0, refused: 0, dialFailures: 0, acceptErrors: 0, bytesToContainer: 0, bytesToClient: 0 };
-  private lastWarn = new Map<string, number>();
   /** Set by close(): re-checks whether the drain is complete; called whenever a connection ends. */
   private drainCheck: () => void = noop;
+
+  /** 'close' of a client being dialled for; `this` is the socket (one function per listener). */
+  private readonly clientLeftWhileDialling: (this: net.Socket) => void;
+
+  private readonly warner: RateLimitedWarner;
 
   constructor(
     readonly binding: Binding,
     private readonly deps: TcpListenerDeps,
-  ) {}
+  ) {
+    this.warner = new RateLimitedWarner(deps.logger);
+    const listener = this;
+    this.clientLeftWhileDialling = function (this: net.Socket): void {
+      listener.clientLeft(this);
+    };
+  }
 
   listen(): Promise<void> {
-    if (this.server !== null) return Promise.resolve();
+    if (this.state === 'closing' || this.state === 'destroyed') return Promise.reject(closedBeforeListening(this.binding));
+    this.listening ??= this.bind();
+    return this.listening;
+  }
+
+  /** What server.listen() is given: the binding's address and port. */
+  private listenOptions(): net.ListenOptions & { fd?: number } {
+    const { host } = this.binding;
+    if (this.deps.fd !== undefined) return { fd: this.deps.fd, backlog: LISTEN_BACKLOG };
+    return { host: host.ip, port: host.port, ipv6Only: host.ip.includes(':'), backlog: LISTEN_BACKLOG };
+  }
+
+  private bind(): Promise<void> {
+    this.state = 'binding';
     const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true });
     this.server = server;
-    const { host } = this.binding;
     return new Promise((resolve, reject) => {
+      this.failListen = reject;
       const onListenError = (err: Error): void => {
+        this.failListen = null;
+        if (this.state === 'binding') this.state = 'destroyed';
         this.server = null;
-        server.close();
         reject(bindError(err, this.binding));
       };
       server.once('error', onListenError);
-      const where = this.deps.fd !== undefined ? { fd: this.deps.fd } : { host: host.ip, port: host.port, ipv6Only: host.ip.includes(':') };
-      server.listen({ ...where, backlog: LISTEN_BACKLOG }, () => {
+      server.listen(this.listenOptions(), () => {
         server.off('error', onListenError);
         // After listening, errors come from accept (EMFILE, ENFILE …). libuv keeps the listener
         // armed and sheds the pending connection with its reserve descriptor; we count and warn.
         server.on('error', (err) => this.onAcceptError(err));
+        if (this.state !== 'binding') return; // closed while binding: close() has rejected and closes the server
+        this.failListen = null;
+        this.state = 'listening';
         server.on('connection', (socket) => this.onConnection(socket));
         resolve();
       });
@@ -68,6 +105,7 @@ export class TcpListener implements Listener {
   }
 
   address(): Endpoint | null {
+    if (this.state !== 'listening' && this.state !== 'closing') return null;
     const a = this.server?.address();
     if (a === null || a === undefined || typeof a === 'string') return null;
     return { ip: a.address, port: a.port };
@@ -76,7 +114,7 @@ export class TcpListener implements Listener {
   stats(): TcpStats {
     let up = this.counts.bytesToContainer;
     let down = this.counts.bytesToClient;
-    for (const r of this.relays) {
+    for (const r of this.relays.keys()) {
       up += r.bytesToContainer;
       down += r.bytesToClient;
     }
@@ -94,13 +132,19 @@ export class TcpListener implements Listener {
 
   close(graceMs: number): Promise<void> {
     if (this.closed !== null) return this.closed;
-    this.closing = true;
+    const server = this.server;
+    if (this.state === 'binding') {
+      this.failListen?.(closedBeforeListening(this.binding));
+      this.failListen = null;
+    }
+    if (this.state !== 'destroyed') this.state = 'closing';
     this.closed = new Promise<void>((resolve) => {
-      const server = this.server;
       let serverClosed = server === null;
       const check = (): void => {
         if (serverClosed && this.relays.size === 0 && this.dialling.size === 0) {
           clearTimeout(timer);
+          this.state = 'destroyed';
+          this.drainCheck = noop;
           resolve();
         }
       };
@@ -109,7 +153,7 @@ export class TcpListener implements Listener {
         check();
       }, graceMs);
       this.drainCheck = check;
-      if (server !== null) server.close(() => {
+      if (server !== null) closeServer(server, () => {
         serverClosed = true;
         check();
       });
@@ -119,108 +163,155 @@ export class TcpListener implements Listener {
   }
 
   destroy(): void {
-    this.closing = true;
-    if (this.closed === null) void this.close(0);
+    void this.close(0);
     this.destroyConnections();
   }
 
   private destroyConnections(): void {
-    for (const [socket, ac] of this.dialling) {
-      ac.abort();
+    for (const [socket, attempt] of this.dialling) {
+      attempt.cancel();
       socket.destroy();
     }
     this.dialling.clear();
-    for (const r of [...this.relays]) r.destroy('destroyed');
+    for (const r of [...this.relays.keys()]) r.destroy('destroyed');
   }
 
   private onAcceptError(err: Error): void {
     this.counts.acceptErrors++;
-    this.warnLimited('accept', { err: errnoCode(err) ?? err.message, acceptErrors: this.counts.acceptErrors }, 'accept failed; the listener keeps serving (raise `ulimit -n` if this is EMFILE)');
-  }
-
-  private warnLimited(key: string, fields: Record<string, unknown>, msg: string): void {
-    const now = Date.now();
-    if (now - (this.lastWarn.get(key) ?? 0) < WARN_INTERVAL_MS) return;
-    this.lastWarn.set(key, now);
-    this.deps.logger.warn(fields, msg);
+    this.warner.warn('accept', { err: errnoCode(err) ?? err.message, acceptErrors: this.counts.acceptErrors }, 'accept failed; the listener keeps serving (raise `ulimit -n` if this is EMFILE)');
   }
 
   private onConnection(client: net.Socket): void {
     this.counts.accepted++;
     client.on('error', noop); // until the relay owns it; a reset while dialling just aborts the dial
     const { mapping } = this.binding;
-    if (this.closing) {
+    if (this.state !== 'listening') {
       client.destroy();
       return;
     }
     if (mapping.maxConnections > 0 && this.relays.size + this.dialling.size >= mapping.maxConnections) {
       this.counts.refused++;
-      this.warnLimited('limit', { maxConnections: mapping.maxConnections, refused: this.counts.refused }, 'connection limit reached; new connections are refused');
+      this.warner.warn('limit', { maxConnections: mapping.maxConnections, refused: this.counts.refused }, 'connection limit reached; new connections are refused');
       client.resetAndDestroy();
       return;
     }
+    // A client that leaves while we dial: the accepted socket is paused (pauseOnConnect), so Node
+    // would not notice a reset until the relay starts. read(0) starts reading into the socket's
+    // own buffer (at most its high-water mark; nothing is consumed: the relay delivers it first,
+    // after the PROXY header), so a reset destroys the socket now and its 'close' cancels the
+    // dial. A FIN is not a departure: it may be a half-close before the reply (`request; EOF`).
+    client.read(0);
+    client.on('close', this.clientLeftWhileDialling); // on(), not once(): no wrapper closure; dialled() removes it
     const id = this.nextId++;
-    const ac = new AbortController();
-    this.dialling.set(client, ac);
-    const onClientGone = (): void => ac.abort();
-    client.once('close', onClientGone);
-
-    this.deps.dialer.dialTcp(this.binding.container, { timeoutMs: mapping.connectTimeoutMs, signal: ac.signal }).then(
-      (container) => {
-        this.dialling.delete(client);
-        client.off('close', onClientGone);
-        if (client.destroyed || this.closing) {
-          container.destroy();
-          client.destroy();
-          this.drainCheck();
-          return;
-        }
-        const uniqueId = mapping.proxyTlvs.uniqueId ? newUniqueId() : null;
-        let header: Buffer | null;
-        try {
-          header = buildConnectionHeader(this.binding, client, uniqueId);
-        } catch (err) {
-          this.warnLimited('header', { err: errnoCode(err) ?? (err as Error).message }, 'cannot build the PROXY header; the connection is closed');
-          container.destroy();
-          client.resetAndDestroy();
-          this.drainCheck();
-          return;
-        }
-        if (header !== null) container.write(header); // one write, before any client byte (the client is still paused)
-        this.startRelay(id, client, container, uniqueId);
-      },
-      (err: unknown) => {
-        this.dialling.delete(client);
-        client.off('close', onClientGone);
-        if (!ac.signal.aborted) {
-          this.counts.dialFailures++;
-          const code = errnoCode(err) ?? 'unknown';
-          if (this.deps.logger.isLevelEnabled('debug')) {
-            this.deps.logger.debug({ conn: id, client: `${client.remoteAddress}:${client.remotePort}`, err: code, cause: errnoCode((err as Error).cause) }, 'dial to container failed');
-          }
-          this.warnLimited('dial', { err: code, dialFailures: this.counts.dialFailures, target: formatEndpoint(this.binding.container) }, 'connecting to the container failed; clients are disconnected, the listener keeps serving');
-        }
-        // The client learns of the failure as a reset, not as an empty successful exchange.
-        if (!client.destroyed) client.resetAndDestroy();
-        this.drainCheck();
-      },
+    this.dialling.set(
+      client,
+      this.deps.dialer.dialTcp(this.binding.container, mapping.connectTimeoutMs, (err, container) => this.dialled(client, id, err, container)),
     );
   }
 
-  private startRelay(id: number, client: net.Socket, container: net.Socket, uniqueId: Buffer | null): void {
-    const { mapping } = this.binding;
-    const relay = new Relay(client, container, { idleTimeoutMs: mapping.idleTimeoutMs, halfCloseTimeoutMs: mapping.halfCloseTimeoutMs });
-    this.relays.add(relay);
-    const clientAddr = this.deps.logger.isLevelEnabled('debug') ? `${client.remoteAddress}:${client.remotePort}` : '';
-    void relay.done.then((r) => {
-      this.relays.delete(relay);
-      this.counts.bytesToContainer += r.bytesToContainer;
-      this.counts.bytesToClient += r.bytesToClient;
-      if (clientAddr !== '') {
-        this.deps.logger.debug({ conn: id, ...(uniqueId !== null ? { uniqueId: uniqueId.toString('hex') } : {}), client: clientAddr, up: r.bytesToContainer, down: r.bytesToClient, ms: r.durationMs, bulk: r.bulkDirections, reason: r.reason, ...(r.errorCode !== undefined ? { err: r.errorCode } : {}) }, 'connection closed');
-      }
+  /** The client left (reset) while we dialled: cancel the dial, which releases its socket. */
+  private clientLeft(client: net.Socket): void {
+    const attempt = this.dialling.get(client);
+    if (attempt === undefined) return;
+    this.dialling.delete(client);
+    attempt.cancel();
+    this.drainCheck();
+  }
+
+  private dialled(client: net.Socket, id: number, err: Error | null, container: net.Socket | null): void {
+    this.dialling.delete(client);
+    client.off('close', this.clientLeftWhileDialling);
+    if (container === null) {
+      this.dialFailed(client, id, err);
+      return;
+    }
+    if (client.destroyed || this.state !== 'listening') {
+      container.destroy();
+      client.destroy();
       this.drainCheck();
-    });
+      return;
+    }
+    const { mapping } = this.binding;
+    const uniqueId = mapping.proxyTlvs.uniqueId ? newUniqueId() : null;
+    let header: Buffer | null;
+    try {
+      header = buildConnectionHeader(this.binding, client, uniqueId);
+    } catch (e) {
+      this.warner.warn('header', { err: errnoCode(e) ?? (e as Error).message }, 'cannot build the PROXY header; the connection is closed');
+      container.destroy();
+      client.resetAndDestroy();
+      this.drainCheck();
+      return;
+    }
+    if (header !== null) container.write(header); // one write, before any client byte (the client's reads wait in its buffer)
+    const relay = new Relay(client, container, { idleTimeoutMs: mapping.idleTimeoutMs, halfCloseTimeoutMs: mapping.halfCloseTimeoutMs }, this.relayEnded);
+    this.relays.set(relay, this.deps.logger.isLevelEnabled('debug') ? { id, uniqueId, client: `${client.remoteAddress}:${client.remotePort}` } : null);
     relay.start();
   }
+
+  private dialFailed(client: net.Socket, id: number, err: Error | null): void {
+    this.counts.dialFailures++;
+    const code = errnoCode(err) ?? 'unknown';
+    const errno = dialErrno(err);
+    const logger = this.deps.logger;
+    if (logger.isLevelEnabled('debug')) {
+      logger.debug({ conn: id, client: `${client.remoteAddress}:${client.remotePort}`, err: code, errno }, 'dial to container failed');
+    }
+    if (errno === 'EMFILE' || errno === 'ENFILE') {
+      this.warner.warn('dial-local', { err: code, errno, dialFailures: this.counts.dialFailures }, `no descriptor left here to dial the container (${errno}: a local shortage, not the container); clients are disconnected — raise \`ulimit -n\``);
+    } else {
+      this.warner.warn('dial', { err: code, errno, dialFailures: this.counts.dialFailures }, `connecting to the container failed (${errno}); clients are disconnected, the listener keeps serving`);
+    }
+    // The client learns of the failure as a reset, not as an empty successful exchange.
+    if (!client.destroyed) client.resetAndDestroy();
+    this.drainCheck();
+  }
+
+  private readonly relayEnded = (r: RelayResult, relay: Relay): void => {
+    const info = this.relays.get(relay);
+    this.relays.delete(relay);
+    this.counts.bytesToContainer += r.bytesToContainer;
+    this.counts.bytesToClient += r.bytesToClient;
+    if (info !== null && info !== undefined) {
+      this.deps.logger.debug({ conn: info.id, ...(info.uniqueId !== null ? { uniqueId: info.uniqueId.toString('hex') } : {}), client: info.client, up: r.bytesToContainer, down: r.bytesToClient, ms: r.durationMs, bulk: r.bulkDirections, reason: r.reason, ...(r.errorCode !== undefined ? { err: r.errorCode } : {}) }, 'connection closed');
+    }
+    this.drainCheck();
+  };
+}
+
+interface ConnectionInfo {
+  readonly id: number;
+  readonly uniqueId: Buffer | null;
+  readonly client: string;
+}
+
+/** The errno behind a failed dial (ECONNREFUSED, ETIMEDOUT, EMFILE …): PF_DIAL_FAILED carries it in its details. */
+function dialErrno(err: unknown): string {
+  if (err instanceof PortferryError) {
+    if (err.code === 'PF_DIAL_TIMEOUT') return 'ETIMEDOUT';
+    const errno = err.details['errno'];
+    if (typeof errno === 'string') return errno;
+  }
+  return errnoCode((err as { cause?: unknown } | null)?.cause) ?? errnoCode(err) ?? 'unknown';
+}
+
+/**
+ * Closes a server whatever its bind's progress: a bind still under way (address lookup, listen)
+ * completes and is closed then; a bind that failed has nothing to close.
+ */
+function closeServer(server: net.Server, done: () => void): void {
+  if (server.listening) {
+    server.close(() => done());
+    return;
+  }
+  const onListening = (): void => {
+    server.off('error', onError);
+    server.close(() => done());
+  };
+  const onError = (): void => {
+    server.off('listening', onListening);
+    done();
+  };
+  server.once('listening', onListening);
+  server.once('error', onError);
 }

@@ -1,8 +1,8 @@
 // The report: medians, failures that never become numbers, ratios to direct, the Markdown table
 // with failed and skipped cells, and a well-formed SVG.
 import t from 'tap';
-import { aggregate, median, renderMarkdown, renderSvg, withRatios } from '../../bench/report.js';
-import type { BenchResult, Cell, Sample } from '../../bench/types.js';
+import { aggregate, median, renderMarkdown, renderSvg, withRatios } from '../../src/bench/report.js';
+import type { BenchResult, Cell, Sample } from '../../src/bench/types.js';
 
 const ok = (metrics: Record<string, number>): Sample => ({ ok: true, metrics });
 
@@ -49,8 +49,8 @@ function sample(): BenchResult {
     aggregate('direct', 'udp-64', [ok({ kpps: 200, lossPct: 0.5, sent: 1000 })]),
     aggregate('portferry', 'tcp-1', [ok({ gbps: 10, bytes: 1e9, cpuSecPerGB: 0.25 })]),
     aggregate('portferry', 'udp-64', [{ ok: false, reason: 'none of 1000 datagrams arrived at the container' }]),
-    { path: 'haproxy', workload: 'udp-64', status: 'skipped', reason: 'haproxy does not forward UDP', samples: [] },
-    aggregate('haproxy', 'tcp-1', [ok({ gbps: 15, bytes: 1e9, cpuSecPerGB: 0.3 })]),
+    { path: 'haproxy-splice', workload: 'udp-64', status: 'skipped', reason: 'haproxy does not forward UDP', samples: [] },
+    aggregate('haproxy-splice', 'tcp-1', [ok({ gbps: 15, bytes: 1e9, cpuSecPerGB: 0.3 })]),
     { path: 'nginx', workload: 'tcp-1', status: 'skipped', reason: 'not installed (apt-get install -y nginx)', samples: [] },
     { path: 'nginx', workload: 'udp-64', status: 'skipped', reason: 'not installed (apt-get install -y nginx)', samples: [] },
   ]);
@@ -71,7 +71,7 @@ function sample(): BenchResult {
     paths: [
       { name: 'direct', status: 'measured', description: 'no forwarder' },
       { name: 'portferry', status: 'measured', description: 'this build' },
-      { name: 'haproxy', status: 'measured', description: 'haproxy <tcp>' },
+      { name: 'haproxy-splice', status: 'measured', description: 'haproxy-splice <tcp>' },
       { name: 'nginx', status: 'skipped', reason: 'not installed (apt-get install -y nginx)', description: 'nginx' },
     ],
     workloads: ['tcp-1', 'udp-64'],
@@ -85,10 +85,10 @@ t.test('Markdown: figures with ratios, FAILED and n/a cells with their reasons, 
   t.match(md, /Node v20\.0\.0/);
   t.match(md, /\| direct \| 20 \(1\.00×\) \| 200 \(1\.00×\)<br>loss 0\.5 % \| — \|/);
   t.match(md, /\| portferry \| 10 \(0\.50×\) \| FAILED \[1\] \| 0\.25 \|/);
-  t.match(md, /\| haproxy \| 15 \(0\.75×\) \| n\/a \[2\] \| 0\.3 \|/);
+  t.match(md, /\| haproxy-splice \| 15 \(0\.75×\) \| n\/a \[2\] \| 0\.3 \|/);
   t.match(md, /\| nginx \| skipped \| skipped \| — \|/);
   t.match(md, /1\. portferry: FAILED — 1 of 1 runs failed: none of 1000 datagrams arrived at the container/);
-  t.match(md, /2\. haproxy: n\/a — haproxy does not forward UDP/);
+  t.match(md, /2\. haproxy-splice: n\/a — haproxy does not forward UDP/);
   t.match(md, /3\. nginx: skipped — not installed \(apt-get install -y nginx\)/);
   t.notMatch(md, /NaN|undefined/);
   // every table row has as many cells as the header
@@ -119,9 +119,41 @@ t.test('SVG: well-formed, one bar per ok ratio, a red × for a failed cell, esca
   const svg = renderSvg(sample());
   t.equal(wellFormed(svg), null, 'well-formed XML');
   t.match(svg, /^<svg xmlns="http:\/\/www\.w3\.org\/2000\/svg"/);
-  t.equal((svg.match(/<rect [^>]*fill="#(?!ffffff)[0-9a-f]{6}"><title>/g) ?? []).length, 4, 'bars: direct tcp, portferry tcp, haproxy tcp, direct udp');
+  t.equal((svg.match(/<rect [^>]*fill="#(?!ffffff)[0-9a-f]{6}"><title>/g) ?? []).length, 4, 'bars: direct tcp, portferry tcp, haproxy-splice tcp, direct udp');
   t.match(svg, /<title>portferry \/ udp-64: FAILED — [^<]*<\/title>×/);
   t.notMatch(svg, /nginx<\/text>/, 'a skipped path has no legend entry');
   t.not(wellFormed('<svg><g></svg>'), null, 'the checker itself rejects bad XML');
   t.not(wellFormed('<svg>a & b</svg>'), null);
+});
+
+t.test('the naive path and the pinned workloads: their own rows and columns, with ratios, the pinning stated', async (t) => {
+  const base = sample();
+  const cells = withRatios([
+    aggregate('direct', 'cps', [ok({ cps: 20000, failed: 0 })]),
+    aggregate('direct', 'cps-pinned', [ok({ cps: 14000, failed: 0 })]),
+    aggregate('direct', 'rr-pinned', [ok({ tps: 30000, p50us: 30, p99us: 50 })]),
+    aggregate('naive', 'cps', [ok({ cps: 8000, failed: 0 })]),
+    aggregate('naive', 'cps-pinned', [ok({ cps: 7000, failed: 2 })]),
+    aggregate('naive', 'rr-pinned', [ok({ tps: 15000, p50us: 60, p99us: 90 })]),
+  ]);
+  const r: BenchResult = {
+    ...base,
+    meta: { ...base.meta, connLoops: 16, pinnedCpu: 1 },
+    paths: [
+      { name: 'direct', status: 'measured', description: 'no forwarder' },
+      { name: 'naive', status: 'measured', description: 'naive Node proxy' },
+    ],
+    workloads: ['cps', 'cps-pinned', 'rr-pinned'],
+    cells,
+  };
+  const md = renderMarkdown(r);
+  t.match(md, /\| path \| connections \(conn\/s\) \| connections, 1 CPU \(conn\/s\) \| request\/response, 1 CPU \(trans\/s, p50\/p99\) \|\n/, 'no CPU s/GB column without TCP 1 stream →');
+  t.match(md, /\| naive \| 8,000 \(0\.40×\) \| 7,000 \(0\.50×\) \| 15,000 \(0\.50×\)<br>60 \/ 90 µs \|\n/);
+  t.match(md, /Connections: 16 parallel loops/);
+  t.match(md, /pinned to CPU 1 with taskset/);
+  t.match(md, /- naive: naive Node proxy/);
+  const svg = renderSvg(r);
+  t.equal(wellFormed(svg), null);
+  t.match(svg, /<title>naive \/ connections, 1 CPU: 0\.50× direct<\/title>/);
+  t.match(svg, />naive<\/text>/, 'naive has a legend entry');
 });

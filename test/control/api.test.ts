@@ -12,7 +12,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { ApiClient, apiRequest } from '../../src/control/client.js';
 import { skipUnless } from '../helpers/env.js';
-import { freePort, runCli, until } from '../helpers/net.js';
+import { connectRefused as refused, freePort, runCli, until } from '../helpers/net.js';
 import { scratchNetns } from '../helpers/netns.js';
 import { fixture, lineReader, nodeArgv } from '../netns/util.js';
 
@@ -35,16 +35,6 @@ async function daemon(t: T, args: string[] = []): Promise<{ sock: string; client
   return { sock, client: new ApiClient(sock), cli };
 }
 
-function refused(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect(port, '127.0.0.1');
-    s.once('connect', () => {
-      s.destroy();
-      resolve(false);
-    });
-    s.once('error', (e: NodeJS.ErrnoException) => resolve(e.code === 'ECONNREFUSED'));
-  });
-}
 
 /** Connects, reads the backend's greeting line. */
 function greeting(port: number): Promise<string> {

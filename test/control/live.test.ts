@@ -9,7 +9,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { ApiClient } from '../../src/control/client.js';
-import { freePort, runCli } from '../helpers/net.js';
+import { connectRefused, freePort, runCli } from '../helpers/net.js';
 
 interface T {
   teardown(fn: () => unknown): void;
@@ -110,14 +110,7 @@ t.test('--workers 2: a runtime add reaches every worker, a remove too', async (t
   const accepted = rows.map((r) => Number(r.stats['accepted']));
   t.equal(accepted.reduce((a, b) => a + b, 0), 200, `200 connections in all (${accepted.join(' + ')})`);
   await client.removeMapping(m?.id ?? 0);
-  const refused = await new Promise<boolean>((resolve) => {
-    const s = net.connect(port, '127.0.0.1');
-    s.once('connect', () => {
-      s.destroy();
-      resolve(false);
-    });
-    s.once('error', () => resolve(true));
-  });
+  const refused = await connectRefused(port);
   t.ok(refused, 'removed from every worker: the port is closed');
   const conflict = await client.addMappings([{ hostIP: '127.0.0.1', hostPort: port, containerIP: '127.0.0.1', containerPort: sink }, { hostIP: '127.0.0.1', hostPort: port, containerIP: '127.0.0.1', containerPort: 1 }]).catch((e: { code: string }) => e.code);
   t.equal(conflict, 'PF_CONFIG_INVALID', 'a conflicting add is refused before any worker binds');

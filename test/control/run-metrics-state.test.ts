@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { ApiClient } from '../../src/control/client.js';
 import { parsePrometheusText, promParserMissing, type MetricFamily } from '../helpers/prometheus.js';
-import { freePort, runCli } from '../helpers/net.js';
+import { connectRefused, freePort, runCli } from '../helpers/net.js';
 
 interface T {
   teardown(fn: () => unknown): void;
@@ -130,10 +130,6 @@ t.test('state: SIGKILL after runtime adds, restart with the same --state → sam
   t.match(third.stderr(), /PF_STATE_PARSE/, 'with a coded error');
   t.match(third.stderr(), new RegExp(state.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')), 'naming the file');
   t.ok(fs.readFileSync(state).equals(truncated), 'the file is unchanged');
-  const refused = await new Promise<boolean>((resolve) => {
-    const s = net.connect(p1, '127.0.0.1');
-    s.once('connect', () => resolve(false));
-    s.once('error', () => resolve(true));
-  });
+  const refused = await connectRefused(p1);
   t.ok(refused, 'nothing was bound');
 });

@@ -8,18 +8,8 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { ApiClient } from '../../src/control/client.js';
-import { echoServer, freePort, runCli, until } from '../helpers/net.js';
+import { echoServer, connectRefused as refused, freePort, runCli, until } from '../helpers/net.js';
 
-function refused(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect(port, '127.0.0.1');
-    s.once('connect', () => {
-      s.destroy();
-      resolve(false);
-    });
-    s.once('error', () => resolve(true));
-  });
-}
 
 function echoOnce(s: net.Socket, text: string): Promise<string> {
   return new Promise((resolve) => {

@@ -108,9 +108,13 @@ export interface CliProcess {
   readonly ready: Promise<Record<string, unknown>>;
 }
 
-/** Runs `node bin/portferry ...args` (the built dist). Killed by PID in teardown if still running. */
-export function runCli(teardown: Teardown, args: readonly string[], env: NodeJS.ProcessEnv = {}): CliProcess {
-  const [cmd, argv] = nodeArgv(cliPath, ...args);
+/**
+ * Runs `node bin/portferry ...args` (the built dist), under `prefix` if given (`['prlimit',
+ * '--nofile=40:40']`). Killed by PID in teardown if still running.
+ */
+export function runCli(teardown: Teardown, args: readonly string[], env: NodeJS.ProcessEnv = {}, prefix: readonly string[] = []): CliProcess {
+  const [node, nodeArgs] = nodeArgv(cliPath, ...args);
+  const [cmd, argv] = prefix[0] === undefined ? [node, nodeArgs] : [prefix[0], [...prefix.slice(1), node, ...nodeArgs]];
   const child = spawn(cmd, argv, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
@@ -206,4 +210,16 @@ export async function until(check: () => boolean | Promise<boolean>, ms = 10_000
     if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+/** Whether a TCP connect to 127.0.0.1:port is refused right now (nothing listens there). */
+export function connectRefused(port: number, host = '127.0.0.1'): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect(port, host);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(false);
+    });
+    s.once('error', (e: NodeJS.ErrnoException) => resolve(e.code === 'ECONNREFUSED'));
+  });
 }

@@ -2,9 +2,14 @@
 import t from 'tap';
 import net from 'node:net';
 import { spawn } from 'node:child_process';
+import { readdirSync } from 'node:fs';
 import { loadMappings } from '../../src/config/index.js';
-import { testMapping } from '../helpers/mapping.js';
-import { connect, echoRoundTrip, echoServer, freePort, randomPayload, readAll, sha256, startManager, startServer, until } from '../helpers/net.js';
+import { silentLogger } from '../../src/log.js';
+import { DirectDialer } from '../../src/proxy/dialer.js';
+import { TcpListener } from '../../src/proxy/tcp.js';
+import { testBinding, testMapping } from '../helpers/mapping.js';
+import { skipUnless } from '../helpers/env.js';
+import { connect, echoRoundTrip, echoServer, freePort, randomPayload, readAll, runCli, sha256, startManager, startServer, until } from '../helpers/net.js';
 
 const MiB = 1024 * 1024;
 
@@ -140,9 +145,11 @@ t.test('container port closed: the client is cut promptly, the listener keeps se
   t.equal(r.received.toString(), 'back again', 'the same listener serves once the backend is up');
 });
 
-t.test('connect timeout: a container that never answers the SYN is given up on, and the client is reset', async (t) => {
-  // A listener in a stopped process: once its small backlog is full, the kernel drops further SYNs,
-  // so a dial to it hangs until our connectTimeout.
+/**
+ * A loopback port whose SYNs go unanswered: a listener in a stopped process whose small backlog
+ * is full, so the kernel drops further SYNs and a dial to it hangs until our connectTimeout.
+ */
+async function blackHolePort(t: { teardown: (fn: () => unknown) => void }): Promise<number> {
   const child = spawn(process.execPath, ['-e', "const s=require('net').createServer();s.listen({port:0,host:'127.0.0.1',backlog:1},()=>{console.log(s.address().port)})"], { stdio: ['ignore', 'pipe', 'inherit'] });
   t.teardown(() => {
     child.kill('SIGKILL');
@@ -157,12 +164,76 @@ t.test('connect timeout: a container that never answers the SYN is given up on, 
     fillers.push(f);
   }
   await new Promise((r) => setTimeout(r, 200)); // let the fillers' handshakes reach the queue
+  return port;
+}
+
+const openFds = (): number => readdirSync('/proc/self/fd').length;
+
+t.test('connect timeout: a container that never answers the SYN is given up on, and the client is reset', async (t) => {
+  const port = await blackHolePort(t);
   const fwd = await startManager(t.teardown, [testMapping({ containerPort: port, connectTimeoutMs: 300 })]);
   const s = await connect(fwd.port());
   const r = await readAll(s);
   t.equal(r.errorCode, 'ECONNRESET', 'the client is reset after the connect timeout');
   const rec = fwd.records.find((x) => x['msg'] === 'dial to container failed');
   t.equal(rec?.['err'], 'PF_DIAL_TIMEOUT', 'logged as a dial timeout');
+  t.equal(rec?.['errno'], 'ETIMEDOUT', 'with its errno');
+});
+
+// Issue 14.3: accepted sockets are paused while we dial, so a client that reset was not noticed
+// and both descriptors stayed until connectTimeout (300 clients held 600 descriptors).
+t.test('clients that reset while the container is dialled are noticed at once: dials cancelled, descriptors freed', async (t) => {
+  const port = await blackHolePort(t);
+  const fwd = await startManager(t.teardown, [testMapping({ containerPort: port, connectTimeoutMs: 30_000 })]);
+  const active = (): number => (fwd.manager.stats()[0]?.stats as { active: number }).active;
+  const before = openFds();
+  const n = 60;
+  const clients = await Promise.all(Array.from({ length: n }, () => connect(fwd.port())));
+  await until(() => active() === n, 5000, 'every connection to be dialling');
+  t.ok(openFds() - before >= 3 * n, 'each holds a client, an accepted and a dialling socket here');
+  for (const c of clients) c.resetAndDestroy();
+  await until(() => active() === 0, 5000, 'the dials to be cancelled (connectTimeout is 30 s)');
+  await until(() => openFds() - before <= 5, 5000, 'the descriptors to be released');
+  const st = fwd.manager.stats()[0]?.stats as { dialFailures: number };
+  t.equal(st.dialFailures, 0, 'a cancelled dial is not a dial failure');
+  // A FIN is not a departure: a client may half-close after its request and wait for the reply.
+  const half = await connect(fwd.port());
+  t.teardown(() => half.destroy());
+  await until(() => active() === 1, 5000, 'the half-closing client to be dialling');
+  half.end('request');
+  await new Promise((r) => setTimeout(r, 300));
+  t.equal(active(), 1, 'a client that half-closes while we dial is still being served');
+});
+
+t.test('dial-failure warnings name the errno, say when the shortage is local (EMFILE), and do not repeat keys', skipUnless({ tools: ['prlimit'] }), async (t) => {
+  // Refused: the warning carries ECONNREFUSED.
+  const closed = await freePort();
+  const listenPort = await freePort();
+  const cli = runCli(t.teardown, ['run', '-p', `127.0.0.1:${listenPort}:127.0.0.1:${closed}`]);
+  await cli.ready;
+  const r = await readAll(await connect(listenPort));
+  t.equal(r.errorCode, 'ECONNRESET', 'the client is reset');
+  await until(() => cli.stderr().includes('connecting to the container failed'), 5000, 'the warning');
+  const line = cli.stderr().split('\n').find((l) => l.includes('connecting to the container failed')) ?? '';
+  t.match(JSON.parse(line), { level: 40, err: 'PF_DIAL_FAILED', errno: 'ECONNREFUSED' }, 'the warning names the errno');
+  t.equal(line.split('"target"').length - 1, 1, 'the target key appears once');
+  // EMFILE: a forwarder with 40 descriptors, dialling a black hole, runs out of them here.
+  const hole = await blackHolePort(t);
+  const port2 = await freePort();
+  const limited = runCli(t.teardown, ['run', '-p', `127.0.0.1:${port2}:127.0.0.1:${hole}`], {}, ['prlimit', '--nofile=40:40']);
+  await limited.ready;
+  const clients: net.Socket[] = [];
+  t.teardown(() => clients.forEach((c) => c.destroy()));
+  for (let i = 0; i < 40 && !limited.stderr().includes('local shortage'); i++) {
+    const c = net.connect({ port: port2, host: '127.0.0.1' });
+    c.on('error', () => {});
+    clients.push(c);
+    await new Promise((res) => setTimeout(res, 20));
+  }
+  await until(() => limited.stderr().includes('local shortage'), 5000, 'the EMFILE warning');
+  const emfile = limited.stderr().split('\n').find((l) => l.includes('local shortage')) ?? '';
+  t.match(JSON.parse(emfile), { level: 40, errno: 'EMFILE', msg: /no descriptor left here to dial the container/ }, 'a local EMFILE is reported as a local shortage');
+  t.notMatch(emfile, /connecting to the container failed/, 'not as a container failure');
 });
 
 t.test('IPv6: [::1]:P:[::1]:Q works, and 0.0.0.0 does not bind ::', async (t) => {
@@ -234,4 +305,51 @@ t.test('maxConnections refuses connections over the limit and counts them', asyn
   t.equal((fwd.manager.stats()[0]?.stats as { refused: number }).refused, 1, 'refusal counted');
   a.destroy();
   b.destroy();
+});
+
+// Issue 10: destroy() while listen() was pending left that promise pending forever (and the port
+// bound once the bind completed); listen() after destroy() resolved with nothing bound.
+t.test('lifecycle: destroy() or close() while binding rejects listen() with PF_BIND_FAILED and leaves the port free', async (t) => {
+  for (const how of ['destroy', 'close'] as const) {
+    const port = await freePort();
+    const l = new TcpListener(testBinding({ hostPort: port }), { dialer: new DirectDialer(), logger: silentLogger() });
+    const listening = l.listen();
+    if (how === 'destroy') l.destroy();
+    else void l.close(1000);
+    const outcome = await Promise.race([
+      listening.then(() => 'resolved', (e: { code?: string }) => e.code ?? 'rejected'),
+      new Promise((r) => setTimeout(() => r('still pending'), 2000)),
+    ]);
+    t.equal(outcome, 'PF_BIND_FAILED', `${how} while binding: listen() rejects with a coded error`);
+    await l.close(0);
+    t.equal(l.address(), null, `${how}: no address`);
+    const err = await connect(port).then(
+      (s) => {
+        s.destroy();
+        return 'connected';
+      },
+      (e: NodeJS.ErrnoException) => e.code,
+    );
+    t.equal(err, 'ECONNREFUSED', `${how} while binding: the port is not left bound`);
+  }
+});
+
+t.test('lifecycle: listen() after destroy() or close() rejects; listen() twice binds once', async (t) => {
+  const mk = (): TcpListener => new TcpListener(testBinding(), { dialer: new DirectDialer(), logger: silentLogger() });
+  const a = mk();
+  a.destroy();
+  await t.rejects(a.listen(), { code: 'PF_BIND_FAILED' }, 'listen() after destroy() rejects');
+  t.equal(a.address(), null, 'nothing bound');
+  const b = mk();
+  await b.listen();
+  await b.close(0);
+  await t.rejects(b.listen(), { code: 'PF_BIND_FAILED' }, 'listen() after close() rejects');
+  const c = mk();
+  t.teardown(() => c.destroy());
+  const [p1, p2] = [c.listen(), c.listen()];
+  t.equal(p1, p2, 'a second listen() while binding is the same promise');
+  await p1;
+  t.ok((c.address()?.port ?? 0) > 0, 'bound once');
+  await c.listen();
+  t.pass('listen() once listening resolves again');
 });

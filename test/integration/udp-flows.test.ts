@@ -6,6 +6,7 @@ import type dgram from 'node:dgram';
 import type { Endpoint } from '../../src/api.js';
 import { DirectDialer, type Dialer, type UdpChannel } from '../../src/proxy/dialer.js';
 import { PP2_SIGNATURE } from '../../src/proxy/proxy-header.js';
+import { MAX_DATAGRAM } from '../../src/proxy/udp.js';
 import { closeQuietly, openFds, request, startEcho, startListener, udpSocket, waitFor } from '../fixtures/udp/helpers.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -183,7 +184,31 @@ t.test('a flow that cannot be opened drops its datagrams and the next datagram t
   client.send(Buffer.from('y'), port, '127.0.0.1');
   await waitFor('a second attempt', () => listener.stats().drops['flow-setup-failed'] === 2);
   t.equal(dialer.calls, 2, 'each datagram tried to open the flow again');
-  t.equal(records.filter((r) => r['level'] === 40).length, 1, 'one warning, not one per datagram');
+  const warnings = records.filter((r) => r['level'] === 40);
+  t.equal(warnings.length, 1, 'one warning, not one per datagram');
+  // Issue 14: the warning is one coded line with the errno, no stack trace.
+  t.match(warnings[0], { code: 'PF_DIAL_FAILED', errno: 'ENETUNREACH', target: `127.0.0.1:${echo.port}` });
+  t.match(String(warnings[0]?.['msg']), 'ENETUNREACH');
+  t.notOk(JSON.stringify(warnings[0]).includes('"stack"'), 'no stack trace');
+});
+
+t.test('PROXY v2: a datagram that does not fit with its header is dropped, counted and warned about (rate-limited)', async (t) => {
+  const echo = await startEcho(t);
+  const { listener, port, records } = await startListener(t, { containerPort: echo.port, proxyProtocol: 'v2' });
+  const client = await udpSocket(t);
+  const { msg } = await request(client, '127.0.0.1', port, Buffer.from('small'));
+  t.equal(msg.subarray(28).toString(), 'small', 'a datagram that fits goes through');
+  const big = Buffer.alloc(MAX_DATAGRAM[4] - 27, 1); // 1 byte over with the 28-byte header
+  client.send(big, port, '127.0.0.1');
+  client.send(big, port, '127.0.0.1');
+  await waitFor('the drops to be counted', () => listener.stats().drops['proxy-header-too-big'] === 2);
+  const warnings = records.filter((r) => r['level'] === 40);
+  t.equal(warnings.length, 1, 'one warning for both');
+  t.match(warnings[0], { code: 'PF_PROXY_HEADER', payloadBytes: MAX_DATAGRAM[4] - 27, headerBytes: 28, maxDatagram: MAX_DATAGRAM[4] });
+  const fits = Buffer.alloc(MAX_DATAGRAM[4] - 28, 2);
+  const { msg: back } = await request(client, '127.0.0.1', port, fits);
+  t.equal(back.length, MAX_DATAGRAM[4], 'the largest payload that fits with its header arrives (header + payload = the limit)');
+  t.equal(echo.received, 2, 'the container got the two datagrams that fit, nothing else');
 });
 
 t.test('PROXY v2: every datagram to the container carries the flow header', async (t) => {

@@ -4,6 +4,7 @@
 import t from 'tap';
 import { spawn } from 'node:child_process';
 import { skipUnless } from '../helpers/env.js';
+import { createTopology, destroyAllTopologies } from '../../src/netns/topology.js';
 import { exited, fixture, lineReader, linkNames, netnsList, nodeArgv, pidAlive, until } from './util.js';
 
 interface Made {
@@ -69,3 +70,29 @@ for (const c of cases) {
     }
   });
 }
+
+// Issue 15: the topology module used to install SIGINT/SIGTERM/SIGHUP handlers of its own (and
+// the bench worked around them). Signals belong to the program: these fail on that code.
+t.test('creating a topology leaves the process signals alone', skipUnless({ root: true, tools: ['ip', 'nsenter'] }), async (t) => {
+  const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+  const before = signals.map((s) => process.listenerCount(s));
+  const topo = await createTopology({ mode: 'root', ipv6: false });
+  t.teardown(() => topo.destroy());
+  t.same(signals.map((s) => process.listenerCount(s)), before, 'no signal listener added');
+});
+
+t.test('destroyAllTopologies while one is being created (a signal during setup): it fails and leaves nothing', skipUnless({ root: true, tools: ['ip', 'nsenter'] }), async (t) => {
+  for (const step of ['netns', 'links', 'addresses', 'forwarding']) {
+    let names: string[] = [];
+    const made = createTopology({ mode: 'root', client: true, ipv6: false }, {
+      afterStep: async (s, topo) => {
+        names = Object.values(topo.names).filter((n): n is string => n !== null);
+        if (s === step) await destroyAllTopologies();
+      },
+    });
+    await t.rejects(made, { code: 'PF_NETNS_SETUP' }, `destroyed after ${step}: creation fails`);
+    t.equal(names.length, 3, `after ${step}: the namespaces had been made`);
+    const ns = netnsList();
+    t.same(names.filter((n) => ns.includes(n)), [], `after ${step}: no namespace left`);
+  }
+});

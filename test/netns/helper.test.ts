@@ -5,7 +5,7 @@ import net from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { createTopology, type Topology } from '../../src/netns/topology.js';
 import { NetnsDialer } from '../../src/netns/helper.js';
-import { DirectDialer } from '../../src/proxy/dialer.js';
+import { DirectDialer, dialTcpAsync } from '../../src/proxy/dialer.js';
 import { memoryLogger } from '../../src/log.js';
 import { PortferryError } from '../../src/errors.js';
 import { skipUnless } from '../helpers/env.js';
@@ -57,7 +57,7 @@ t.test('TCP: dials 127.0.0.1 inside ctr, which the host namespace cannot reach; 
   t.equal(dialer.kind, 'netns');
 
   // The same address from the host namespace is not this server (refused, or someone else's).
-  const direct = await new DirectDialer().dialTcp({ ip: '127.0.0.1', port: echo.port }, { timeoutMs: 2000 }).then(
+  const direct = await dialTcpAsync(new DirectDialer(), { ip: '127.0.0.1', port: echo.port }, { timeoutMs: 2000 }).then(
     async (s) => {
       s.setTimeout(500, () => s.destroy());
       const first = await greeting(s).catch(() => '');
@@ -68,7 +68,7 @@ t.test('TCP: dials 127.0.0.1 inside ctr, which the host namespace cannot reach; 
   );
   t.not(direct, token, 'the host namespace does not reach the server inside ctr');
 
-  const s = await dialer.dialTcp({ ip: '127.0.0.1', port: echo.port }, { timeoutMs: 5000 });
+  const s = await dialTcpAsync(dialer, { ip: '127.0.0.1', port: echo.port }, { timeoutMs: 5000 });
   t.ok(s.isPaused(), 'returned paused');
   t.equal(s.allowHalfOpen, true, 'allowHalfOpen is set');
   t.equal(s.remoteAddress, '127.0.0.1');
@@ -87,7 +87,7 @@ t.test('TCP half-close from the container side: we can still send after its FIN'
   const tp = await world();
   const srv = await nsServer(t.teardown, tp, 'ctr', { proto: 'tcp', host: '127.0.0.1', mode: 'close-first', token: 'bye' });
   const { dialer } = newDialer(t, tp.paths.ctr as string);
-  const s = await dialer.dialTcp({ ip: '127.0.0.1', port: srv.port }, { timeoutMs: 5000 });
+  const s = await dialTcpAsync(dialer, { ip: '127.0.0.1', port: srv.port }, { timeoutMs: 5000 });
   const fromServer = await readAll(s); // the server greets and half-closes at once
   t.equal(fromServer.toString(), 'bye\n', 'greeting, then EOF');
   t.equal(s.writable, true, 'our write side is still open after the container half-closed');
@@ -137,14 +137,14 @@ t.test('dial errors are coded: refused, timed out, aborted', gate, async (t) => 
   const probe = await nsServer(t.teardown, tp, 'ctr', { proto: 'tcp', host: '127.0.0.1' });
   probe.child.kill('SIGKILL');
   await new Promise((r) => probe.child.once('exit', r));
-  const refused = await dialer.dialTcp({ ip: '127.0.0.1', port: probe.port }, { timeoutMs: 5000 }).catch((e: unknown) => e);
+  const refused = await dialTcpAsync(dialer, { ip: '127.0.0.1', port: probe.port }, { timeoutMs: 5000 }).catch((e: unknown) => e);
   t.type(refused, PortferryError);
   t.match(refused, { code: 'PF_DIAL_FAILED', details: { errno: 'ECONNREFUSED', target: `127.0.0.1:${probe.port}` } });
   // An address on ctr's link that nobody has: ARP never answers, so the connect cannot finish.
   const silent = { ip: '10.199.1.99', port: 80 };
-  await t.rejects(dialer.dialTcp(silent, { timeoutMs: 300 }), { code: 'PF_DIAL_TIMEOUT', message: /10\.199\.1\.99:80 timed out after 300 ms/ });
+  await t.rejects(dialTcpAsync(dialer, silent, { timeoutMs: 300 }), { code: 'PF_DIAL_TIMEOUT', message: /10\.199\.1\.99:80 timed out after 300 ms/ });
   const ac = new AbortController();
-  const p = dialer.dialTcp(silent, { timeoutMs: 5000, signal: ac.signal });
+  const p = dialTcpAsync(dialer, silent, { timeoutMs: 5000, signal: ac.signal });
   ac.abort();
   await t.rejects(p, { code: 'PF_DIAL_FAILED', details: { errno: 'ABORTED' } });
 });
@@ -153,12 +153,12 @@ t.test('helper killed mid-run: open connections live on, pending dials fail, the
   const tp = await world();
   const echo = await nsServer(t.teardown, tp, 'ctr', { proto: 'tcp', host: '127.0.0.1', token: 'k' });
   const { dialer, records } = newDialer(t, tp.paths.ctr as string);
-  const before = await dialer.dialTcp({ ip: '127.0.0.1', port: echo.port }, { timeoutMs: 5000 });
+  const before = await dialTcpAsync(dialer, { ip: '127.0.0.1', port: echo.port }, { timeoutMs: 5000 });
   t.equal(await greeting(before), 'k');
   const pid = dialer.helperPid();
   t.ok(pid !== null && pidAlive(pid), 'a helper runs');
 
-  const pending = dialer.dialTcp({ ip: '10.199.1.99', port: 80 }, { timeoutMs: 20_000 });
+  const pending = dialTcpAsync(dialer, { ip: '10.199.1.99', port: 80 }, { timeoutMs: 20_000 });
   process.kill(pid as number, 'SIGKILL');
   await t.rejects(pending, { code: 'PF_NETNS_HELPER', message: /killed by SIGKILL/ }, 'the dial in flight fails with PF_NETNS_HELPER');
   await until(() => dialer.helperPid() === null, 'the dialer to notice the death');
@@ -166,7 +166,7 @@ t.test('helper killed mid-run: open connections live on, pending dials fail, the
   t.ok(warn, 'the death is logged at warn');
   t.match(warn, { signal: 'SIGKILL', netns: tp.paths.ctr });
 
-  const after = await dialer.dialTcp({ ip: '127.0.0.1', port: echo.port }, { timeoutMs: 5000 });
+  const after = await dialTcpAsync(dialer, { ip: '127.0.0.1', port: echo.port }, { timeoutMs: 5000 });
   t.equal(await greeting(after), 'k', 'the next dial succeeds');
   const newPid = dialer.helperPid();
   t.ok(newPid !== null && newPid !== pid, 'through a new helper');
@@ -179,14 +179,14 @@ t.test('helper killed mid-run: open connections live on, pending dials fail, the
   await dialer.close();
   t.notOk(pidAlive(newPid as number), 'close() stopped the helper');
   t.notOk(records.some((r) => r['level'] === 40 && r['pid'] === newPid), 'a deliberate stop is not a warning');
-  await t.rejects(dialer.dialTcp({ ip: '127.0.0.1', port: echo.port }, { timeoutMs: 1000 }), { code: 'PF_NETNS_HELPER', message: /closed/ });
+  await t.rejects(dialTcpAsync(dialer, { ip: '127.0.0.1', port: echo.port }, { timeoutMs: 1000 }), { code: 'PF_NETNS_HELPER', message: /closed/ });
   await dialer.close();
   t.pass('close() twice is fine');
 });
 
 t.test('a path that is not a network namespace fails the dial with PF_NETNS_INVALID, no helper started', async (t) => {
   const { dialer } = newDialer(t, '/proc/self/ns/user');
-  await t.rejects(dialer.dialTcp({ ip: '127.0.0.1', port: 1 }, { timeoutMs: 1000 }), { code: 'PF_NETNS_INVALID' });
+  await t.rejects(dialTcpAsync(dialer, { ip: '127.0.0.1', port: 1 }, { timeoutMs: 1000 }), { code: 'PF_NETNS_INVALID' });
   t.equal(dialer.helperPid(), null);
 });
 
@@ -195,7 +195,7 @@ t.test('a helper that cannot enter the namespace fails with PF_NETNS_HELPER nami
   const { logger, records } = memoryLogger();
   const dialer = new NetnsDialer({ netnsPath: (await world()).paths.ctr as string, userns: '/proc/self/ns/user', logger });
   t.teardown(() => dialer.close());
-  const err = await dialer.dialTcp({ ip: '127.0.0.1', port: 1 }, { timeoutMs: 5000 }).catch((e: unknown) => e);
+  const err = await dialTcpAsync(dialer, { ip: '127.0.0.1', port: 1 }, { timeoutMs: 5000 }).catch((e: unknown) => e);
   t.match(err, { code: 'PF_NETNS_HELPER', message: /exited with code 1: nsenter: .*ns\/user/ });
   t.ok(records.some((r) => r['level'] === 40), 'and logged at warn');
 });
@@ -205,7 +205,7 @@ t.test('many dials through one helper: 300 sequential and 100 concurrent, each w
   const echo = await nsServer(t.teardown, tp, 'ctr', { proto: 'tcp', host: '127.0.0.1', token: 'm' });
   const { dialer } = newDialer(t, tp.paths.ctr as string);
   const once = async (i: number): Promise<boolean> => {
-    const s = await dialer.dialTcp({ ip: '127.0.0.1', port: echo.port }, { timeoutMs: 10_000 });
+    const s = await dialTcpAsync(dialer, { ip: '127.0.0.1', port: echo.port }, { timeoutMs: 10_000 });
     const reply = readAll(s);
     s.end(`conn-${i}`);
     return (await reply).toString() === `m\nconn-${i}`;

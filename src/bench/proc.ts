@@ -1,6 +1,6 @@
 // Processes the bench starts: their trees (forwarders fork), CPU time and memory from /proc, lines
 // they print, bounded waits, and stopping them by PID.
-import type { ChildProcess } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import { readFileSync, readdirSync } from 'node:fs';
 
 interface Stat {
@@ -221,4 +221,39 @@ export function lastJson(text: string): Record<string, unknown> | null {
     }
   }
   return null;
+}
+
+/** The CPUs this process may run on, as a taskset list (`0-3`), from /proc/self/status. */
+export function allowedCpuList(): string {
+  const m = /^Cpus_allowed_list:\s*(\S+)/m.exec(readFileSync('/proc/self/status', 'utf8'));
+  return m?.[1] ?? '0';
+}
+
+/** The highest-numbered CPU of a taskset list (`0-3,8` → 8). */
+export function lastCpu(list: string): number {
+  return Math.max(...list.split(',').map((part) => Number(part.split('-').pop())));
+}
+
+/**
+ * Sets the CPU affinity of every thread of every process in the trees under `roots` (`taskset -a
+ * -p -c`); children forked later inherit it. Returns why it failed, or null. Processes that exit
+ * meanwhile are not a failure.
+ */
+export function setAffinity(roots: readonly number[], cpus: string): string | null {
+  for (const pid of processTree(roots)) {
+    const r = spawnSync('taskset', ['-a', '-p', '-c', cpus, String(pid)], { encoding: 'utf8' });
+    if (r.error !== undefined) return `taskset: ${r.error.message}`;
+    if (r.status !== 0 && alive(pid)) return `taskset -a -p -c ${cpus} ${pid} failed: ${(r.stderr ?? '').trim()}`;
+  }
+  return null;
+}
+
+/** The affinity of every thread of a process, as Cpus_allowed_list values (for tests). */
+export function threadAffinities(pid: number): string[] {
+  const out: string[] = [];
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    const m = /^Cpus_allowed_list:\s*(\S+)/m.exec(readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8'));
+    if (m?.[1] !== undefined) out.push(m[1]);
+  }
+  return out;
 }

@@ -26,8 +26,8 @@ export function packageRoot(): string {
   }
 }
 
-export function portferryVersion(): string {
-  return (JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version: string }).version;
+export function portferryVersion(root = packageRoot()): string {
+  return (JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string }).version;
 }
 
 /** Absolute path of a command on PATH (plus the sbin directories), or null. */
@@ -74,7 +74,7 @@ export function findDockerProxy(explicit?: string): string | null {
 export const NGINX_STREAM_MODULE = '/usr/lib/nginx/modules/ngx_stream_module.so';
 
 /** Debian packages of the load tools (needed) and peers (optional). */
-export const LOAD_TOOLS: Readonly<Record<string, string>> = { iperf3: 'iperf3', cc: 'gcc', prlimit: 'util-linux', nsenter: 'util-linux', ip: 'iproute2', ss: 'iproute2', iptables: 'iptables', nft: 'nftables' };
+export const LOAD_TOOLS: Readonly<Record<string, string>> = { iperf3: 'iperf3', cc: 'gcc', prlimit: 'util-linux', nsenter: 'util-linux', taskset: 'util-linux', ip: 'iproute2', ss: 'iproute2', iptables: 'iptables', nft: 'nftables' };
 export const PEER_PACKAGES = ['socat', 'haproxy', 'nginx', 'libnginx-mod-stream'] as const;
 
 export function missingLoadTools(): string[] {

@@ -62,8 +62,10 @@ export function cellText(c: Cell): string {
     case 'tcp-1-local':
       return `${num(g('gbps'))}${ratio}`;
     case 'rr':
+    case 'rr-pinned':
       return `${num(g('tps'))}${ratio}<br>${num(g('p50us'))} / ${num(g('p99us'))} µs`;
     case 'cps':
+    case 'cps-pinned':
       return `${num(g('cps'))}${ratio}`;
     case 'idle': {
       const open = `${num(g('open'))}/${num(g('open') + g('failed'))}`;
@@ -91,16 +93,23 @@ export function renderMarkdown(r: BenchResult): string {
     `Median of ${m.reps} run${m.reps === 1 ? '' : 's'} per cell${m.quick ? ' (--quick)' : ''}; bulk ${m.durations.bulkSeconds} s, other workloads ${m.durations.otherSeconds} s, ` +
       `${m.durations.idleConnections.toLocaleString('en-US')} idle connections; (N×) = ratio to direct. Took ${Math.round(m.elapsedSeconds)} s.`,
   );
+  const wl = r.workloads;
+  if (wl.includes('cps') || wl.includes('cps-pinned')) {
+    lines.push(`Connections: ${m.connLoops ?? 4} parallel loops of connect, 32-byte request, 128-byte reply, close.`);
+  }
+  if (m.pinnedCpu !== undefined) lines.push(`1 CPU: client, forwarder (every thread of its process tree) and servers pinned to CPU ${m.pinnedCpu} with taskset.`);
   lines.push(`Tools: ${Object.entries(m.tools).map(([k, v]) => `${k} ${v}`).join(', ') || '—'}`);
   lines.push('');
-  const wl = r.workloads;
-  const head = ['path', ...wl.map((w) => `${WORKLOADS[w].title} (${WORKLOADS[w].unit}${w === 'rr' ? ', p50/p99' : w === 'idle' ? ', forwarder RSS' : ''})`), 'forwarder CPU s/GB'];
+  const extra = (w: WorkloadId): string => (WORKLOADS[w].primary === 'tps' ? ', p50/p99' : w === 'idle' ? ', forwarder RSS' : '');
+  // CPU per GB is measured around the TCP 1 stream → run: no column without it.
+  const cpu = wl.includes('tcp-1');
+  const head = ['path', ...wl.map((w) => `${WORKLOADS[w].title} (${WORKLOADS[w].unit}${extra(w)})`), ...(cpu ? ['forwarder CPU s/GB'] : [])];
   lines.push(`| ${head.join(' | ')} |`);
   lines.push(`|${head.map((_, i) => (i === 0 ? '---' : '---:')).join('|')}|`);
   const notes: string[] = [];
   for (const p of r.paths) {
     if (p.status === 'skipped') {
-      lines.push(`| ${p.name} | ${wl.map(() => 'skipped').join(' | ')} | — |`);
+      lines.push(`| ${[p.name, ...wl.map(() => 'skipped'), ...(cpu ? ['—'] : [])].join(' | ')} |`);
       notes.push(`${p.name}: skipped — ${p.reason ?? 'not available'}`);
       continue;
     }
@@ -117,7 +126,7 @@ export function renderMarkdown(r: BenchResult): string {
       }
       return text;
     });
-    lines.push(`| ${p.name} | ${row.join(' | ')} | ${cpuText(r.cells, p.name)} |`);
+    lines.push(`| ${[p.name, ...row, ...(cpu ? [cpuText(r.cells, p.name)] : [])].join(' | ')} |`);
   }
   lines.push('');
   lines.push('Paths:');
@@ -139,9 +148,11 @@ const COLOURS: Readonly<Record<PathName, string>> = {
   nftables: '#17becf',
   'docker-proxy': '#2ca02c',
   socat: '#ff7f0e',
-  haproxy: '#9467bd',
+  'haproxy-splice': '#9467bd',
   nginx: '#8c564b',
   'portferry-2w': '#ff9896',
+  'portferry-base': '#e377c2',
+  naive: '#bcbd22',
 };
 
 function esc(s: string): string {

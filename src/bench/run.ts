@@ -1,19 +1,21 @@
 // The benchmark run: throwaway namespaces (client → host → ctr), the backends in ctr, every
 // selected path started side by side in host, then repetitions × workloads × paths, interleaved
 // (the path order rotates each repetition), medianed. Everything made is removed at the end, on
-// failure and on Ctrl-C.
+// failure, and at once when the caller's AbortSignal fires (the CLI aborts on SIGINT/SIGTERM).
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
-import { PortferryError } from '../src/errors.js';
-import { createTopology, type Topology } from '../src/netns/topology.js';
-import { withNofile, nofileLimit, buildPfgen, ensureLoadTools, findDockerProxy, installPeers, machineFacts, portferryVersion, toolVersions } from './env.js';
-import { BACKEND, PATHS, type RunningPath } from './paths.js';
-import { LineReader, stopTree } from './proc.js';
+import { PortferryError } from '../errors.js';
+import { createTopology, type Topology } from '../netns/topology.js';
+import { startBackends } from './backends.js';
+import { nofileLimit, buildPfgen, ensureLoadTools, findDockerProxy, installPeers, machineFacts, portferryVersion, toolVersions } from './env.js';
+import type { MachineEnv, RunningPath } from './path-kit.js';
+import { PATHS } from './paths.js';
+import { allowedCpuList, lastCpu, stopTree } from './proc.js';
 import { aggregate, withRatios } from './report.js';
 import { PATH_NAMES, WORKLOADS, WORKLOAD_IDS, type BenchResult, type Cell, type PathName, type PathStatus, type Sample, type WorkloadId } from './types.js';
-import { runWorkload, type Durations, type RunContext, type SinkControl } from './workloads.js';
+import { runWorkload, type Durations, type RunContext } from './workloads.js';
 
 export interface BenchOptions {
   /** Paths to measure (default: all; `direct` is always added, it is the reference). */
@@ -24,81 +26,45 @@ export interface BenchOptions {
   readonly bulkSeconds?: number;
   readonly otherSeconds?: number;
   readonly idleConnections?: number;
+  /** Parallel loops of the connections workloads (default 16). */
+  readonly connLoops?: number;
+  /** The CPU of the `-pinned` workloads (default: the highest-numbered one this process may use). */
+  readonly pinnedCpu?: number;
   /** Install missing load tools with apt-get (root). Default true. */
   readonly installTools?: boolean;
   /** Install missing peers (socat, haproxy, nginx; docker-proxy extracted from docker.io). */
   readonly installPeers?: boolean;
   readonly dockerProxy?: string;
+  /** Another built portferry (checkout or package directory): adds the `portferry-base` path. */
+  readonly baseline?: string;
   /** Progress lines (stderr in the CLI). */
   readonly progress?: (line: string) => void;
   /** Extra seconds a client may overrun before its cell fails (default 20 s). */
   readonly graceMs?: number;
-  /** Clean up and exit 130 on SIGINT/SIGTERM (the CLI); tests leave it off. */
-  readonly handleSignals?: boolean;
+  /**
+   * Stops the run: everything is removed at once, then runBench rejects with BenchInterrupted.
+   * The CLI aborts it on SIGINT/SIGTERM/SIGHUP (signals belong to the CLI, not to this module).
+   */
+  readonly signal?: AbortSignal;
   /** For tests of the cleanup: the namespaces made and every process started, as they appear. */
   readonly observe?: { namespaces?(names: readonly string[]): void; processes?(pids: readonly number[]): void };
 }
 
-export interface Backends {
-  readonly sink: SinkControl;
-  readonly children: readonly ChildProcess[];
-}
-
-/** iperf3, pfgen serve and pfgen sink in the container namespace, each confirmed ready. */
-export async function startBackends(topology: Topology, pfgen: string, started: (c: ChildProcess) => void): Promise<Backends> {
-  const children: ChildProcess[] = [];
-  const keep = (c: ChildProcess): ChildProcess => {
-    children.push(c);
-    started(c);
-    return c;
-  };
-  keep(topology.spawn('ctr', 'iperf3', ['-s', '-p', String(BACKEND.bulkPort)], { stdio: ['ignore', 'ignore', 'pipe'] }));
-  await waitTcpListening(topology, 'ctr', BACKEND.bulkPort);
-  const serve = await startPfgen(topology, pfgen, ['serve', String(BACKEND.tcpPort)], keep);
-  const sink = await startPfgen(topology, pfgen, ['sink', String(BACKEND.udpPort)], keep);
-  void serve;
-  return { sink: sinkControl(sink.child, sink.out), children };
-}
-
 export const FULL = { reps: 3, bulkSeconds: 5, otherSeconds: 4, idleConnections: 10_000 } as const;
 export const QUICK = { reps: 1, bulkSeconds: 1, otherSeconds: 1, idleConnections: 1_000 } as const;
+/** Parallel connect–request–reply–close loops of the connections workloads. */
+export const CONN_LOOPS = 16;
 
-function isRoot(): boolean {
-  return process.getuid?.() === 0;
-}
-
-/** Starts a backend in ctr and waits for its `{"ready":true}` line. */
-async function startPfgen(topology: Topology, pfgen: string, args: readonly string[], started: (c: ChildProcess) => void): Promise<{ child: ChildProcess; out: LineReader }> {
-  const child = topology.spawn('ctr', ...withNofile([pfgen, ...args]), { stdio: ['pipe', 'pipe', 'pipe'] });
-  started(child);
-  const out = new LineReader(child.stdout);
-  const err = new LineReader(child.stderr);
-  const line = await out.waitFor((l) => l.includes('"ready"'), 10_000);
-  if (line === null) throw new Error(`pfgen ${args.join(' ')} did not start: ${err.text().trim() || 'no ready line within 10 s'}`);
-  return { child, out };
-}
-
-async function waitTcpListening(topology: Topology, ns: 'ctr', port: number): Promise<void> {
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    const { stdout } = await topology.exec(ns, 'ss', ['-Hltn']);
-    if (new RegExp(`:${port}\\s`).test(stdout)) return;
-    if (Date.now() > deadline) throw new Error(`nothing listens on ${port} in the container namespace after 10 s`);
-    await new Promise((r) => setTimeout(r, 50));
+/** runBench's rejection when its AbortSignal fired (after everything was removed). */
+export class BenchInterrupted extends Error {
+  constructor(readonly reason: unknown) {
+    super(`the benchmark was interrupted (${String(reason)}); everything it made was removed`);
+    this.name = 'BenchInterrupted';
   }
 }
 
-function sinkControl(child: ChildProcess, out: LineReader): SinkControl {
-  return {
-    async read() {
-      const from = out.lines.length;
-      child.stdin?.write('r\n');
-      const line = await out.waitFor((l) => l.includes('"datagrams"'), 5000, from);
-      if (line === null) throw new Error('the UDP sink in the container namespace did not answer');
-      const j = JSON.parse(line) as { datagrams: number; bytes: number; minSize: number; maxSize: number };
-      return j;
-    },
-  };
+function isRoot(): boolean {
+  return process.getuid?.() === 0;
 }
 
 async function sysctls(topology: Topology, ns: 'host' | 'client' | 'ctr', settings: readonly string[]): Promise<void> {
@@ -110,7 +76,7 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
   const log = opts.progress ?? ((): void => {});
   if (!isRoot()) {
     throw new PortferryError('PF_NOT_ROOT', 'portferry bench needs root: it creates network namespaces, veth pairs and kernel DNAT rules (all removed at the end)', {
-      hint: 'Run it as root: `sudo npx portferry bench` (add --quick for a 1-2 minute run).',
+      hint: 'Run it as root: `sudo npx portferry bench` (add --quick for a 2-3 minute run).',
     });
   }
   const started = Date.now();
@@ -120,21 +86,26 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
     bulkSeconds: opts.bulkSeconds ?? base.bulkSeconds,
     otherSeconds: opts.otherSeconds ?? base.otherSeconds,
     idleConnections: opts.idleConnections ?? base.idleConnections,
-    cpsThreads: 4,
+    cpsThreads: opts.connLoops ?? CONN_LOOPS,
   };
+  const cpuList = allowedCpuList();
+  const pinnedCpu = opts.pinnedCpu ?? lastCpu(cpuList);
   const workloads = opts.workloads ?? WORKLOAD_IDS;
 
   const need = ensureLoadTools(log, opts.installTools !== false);
   if (need !== null) throw new PortferryError('PF_TOOL_MISSING', `the bench needs load tools that are not installed`, { hint: `Install them: \`${need}\` (as root the bench installs them itself).` });
   if (opts.installPeers === true) installPeers(log);
   const dockerProxy = findDockerProxy(opts.dockerProxy);
+  const machine: MachineEnv = { dockerProxy, baseline: opts.baseline === undefined ? null : resolve(opts.baseline) };
 
-  const wanted = new Set<PathName>(['direct', ...(opts.paths ?? PATH_NAMES)]);
+  // By default every path, the baseline only when one is given; `direct` always (the reference).
+  const byDefault = PATH_NAMES.filter((p) => p !== 'portferry-base' || machine.baseline !== null);
+  const wanted = new Set<PathName>(['direct', ...(opts.paths ?? byDefault), ...(machine.baseline !== null ? (['portferry-base'] as const) : [])]);
   const selected = PATH_NAMES.filter((p) => wanted.has(p));
   const statuses: PathStatus[] = selected.map((name) => {
     const def = PATHS[name];
-    const why = def.unavailable({ dockerProxy });
-    return why === null ? { name, status: 'measured', description: def.describe({ dockerProxy }) } : { name, status: 'skipped', reason: why, description: def.describe({ dockerProxy }) };
+    const why = def.unavailable(machine);
+    return why === null ? { name, status: 'measured', description: def.describe(machine) } : { name, status: 'skipped', reason: why, description: def.describe(machine) };
   });
   for (const s of statuses) if (s.status === 'skipped') log(`skipping ${s.name}: ${s.reason ?? ''}`);
 
@@ -144,39 +115,42 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
   let workDir: string | null = null;
   const backends: ChildProcess[] = [];
   const runningPaths: RunningPath[] = [];
-  let cleaning: Promise<void> | null = null;
+  // Every step is idempotent, and a later call runs them again (after an abort, a step that was
+  // under way when cleanup first ran may have made something more).
+  let cleaning: Promise<void> = Promise.resolve();
   const cleanup = (): Promise<void> => {
-    cleaning ??= (async () => {
+    cleaning = cleaning.then(async () => {
       for (const p of [...runningPaths].reverse()) await p.stop().catch(() => undefined);
       await stopTree(backends.flatMap((b) => (b.pid === undefined ? [] : [b.pid])), 1000);
       await topology?.destroy();
       if (pfgenDir !== null) rmSync(pfgenDir, { recursive: true, force: true });
       if (workDir !== null) rmSync(workDir, { recursive: true, force: true });
-    })();
+    });
     return cleaning;
   };
-  const onSignal = (sig: NodeJS.Signals): void => {
-    log(`${sig}: removing namespaces, rules and processes …`);
-    void cleanup().then(() => process.exit(130));
+  const onAbort = (): void => {
+    log('interrupted: removing namespaces, rules and processes …');
+    void cleanup();
   };
-  if (opts.handleSignals === true) {
-    // `on`, not `once`: while we listen, the topology's own handler leaves the exit to us instead
-    // of re-raising the signal before our temporary files are gone. A second Ctrl-C is harmless.
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
-  }
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
+  const stopIfAborted = (): void => {
+    if (opts.signal?.aborted === true) throw new BenchInterrupted(opts.signal.reason);
+  };
 
   const samples = new Map<string, Sample[]>();
   const restarts: { name: PathName; why: string }[] = [];
   const skipped = new Map<string, string>();
   const key = (p: PathName, w: WorkloadId): string => `${p}\u0000${w}`;
   try {
+    stopIfAborted();
     const built = buildPfgen();
     pfgenDir = built.dir;
     workDir = mkdtempSync(join(tmpdir(), 'pf-bench-conf-'));
     log('creating namespaces (client → host → ctr) …');
     topology = await createTopology({ client: true, ipv6: false, mode: 'root' });
+    stopIfAborted();
     const topo = topology;
+    log(`namespaces: ${[topo.names.client, topo.names.host, topo.names.ctr].join(', ')}`);
     const portRange = ['net.ipv4.ip_local_port_range=1024 65000', 'net.ipv4.tcp_tw_reuse=1', 'net.core.somaxconn=4096', 'net.ipv4.tcp_max_syn_backlog=8192'];
     await sysctls(topo, 'client', portRange);
     await sysctls(topo, 'host', portRange);
@@ -187,17 +161,19 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
       backends.push(c);
       if (c.pid !== undefined) opts.observe?.processes?.([c.pid]);
     });
+    const backendPids = backends.flatMap((b) => (b.pid === undefined ? [] : [b.pid]));
 
     const measured: RunningPath[] = [];
     for (const s of statuses) {
       if (s.status !== 'measured') continue;
       log(`starting ${s.name} …`);
       try {
-        const rp = await PATHS[s.name].start({ topology: topo, workDir, dockerProxy });
+        const rp = await PATHS[s.name].start({ ...machine, topology: topo, workDir });
         runningPaths.push(rp);
         measured.push(rp);
         if (rp.forwarderPids !== null) opts.observe?.processes?.(rp.forwarderPids);
       } catch (err) {
+        stopIfAborted();
         const why = `did not start: ${err instanceof Error ? err.message : String(err)}`;
         log(`${s.name} ${why}`);
         for (const w of workloads) samples.set(key(s.name, w), [{ ok: false, reason: why }]);
@@ -215,7 +191,7 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
       restarts.push({ name: rp.name, why });
       await rp.stop().catch(() => undefined);
       try {
-        const fresh = await PATHS[rp.name].start({ topology: topo, workDir: workDir as string, dockerProxy });
+        const fresh = await PATHS[rp.name].start({ ...machine, topology: topo, workDir: workDir as string });
         runningPaths.push(fresh);
         live.set(rp.name, fresh);
         if (fresh.forwarderPids !== null) opts.observe?.processes?.(fresh.forwarderPids);
@@ -245,27 +221,25 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
             else rp = fresh;
           }
           if (sample === null) {
-            const ctx: RunContext = { topology: topo, pfgen: built.binary, sink, durations, forwarderPids: rp.forwarderPids, graceMs: opts.graceMs ?? 20_000 };
+            const ctx: RunContext = { topology: topo, pfgen: built.binary, sink, durations, forwarderPids: rp.forwarderPids, graceMs: opts.graceMs ?? 20_000, backendPids, pinnedCpu };
             try {
               sample = await runWorkload(ctx, w, rp.targets);
             } catch (err) {
               sample = { ok: false, reason: err instanceof Error ? err.message : String(err) };
             }
+            stopIfAborted();
             const after = rp.health();
             if (after !== null) sample = { ok: false, reason: sample.ok ? `${after} (measured until then: ${describeSample(w, sample)})` : `${sample.reason}; ${after}` };
           }
           const list = samples.get(key(rp.name, w)) ?? [];
           list.push(sample);
           samples.set(key(rp.name, w), list);
-          log(`[${String(done).padStart(String(cellsTotal).length)}/${cellsTotal}] rep ${rep + 1}/${reps} ${w.padEnd(11)} ${rp.name.padEnd(12)} ${describeSample(w, sample)}`);
+          log(`[${String(done).padStart(String(cellsTotal).length)}/${cellsTotal}] rep ${rep + 1}/${reps} ${w.padEnd(11)} ${rp.name.padEnd(14)} ${describeSample(w, sample)}`);
         }
       }
     }
   } finally {
-    if (opts.handleSignals === true) {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-    }
+    opts.signal?.removeEventListener('abort', onAbort);
     log('cleaning up …');
     await cleanup();
   }
@@ -292,6 +266,8 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
       reps,
       quick: opts.quick === true,
       durations: { bulkSeconds: durations.bulkSeconds, otherSeconds: durations.otherSeconds, idleConnections: durations.idleConnections },
+      connLoops: durations.cpsThreads,
+      ...(workloads.some((w) => w.endsWith('-pinned')) ? { pinnedCpu } : {}),
       elapsedSeconds: (Date.now() - started) / 1000,
     },
     paths: statuses.map((st) => {

@@ -6,7 +6,15 @@ class F implements FlowLink<F> {
   lastActive = 0;
   older: F | null = null;
   newer: F | null = null;
-  constructor(readonly key: string) {}
+  samePort: F | null = null;
+  readonly ip: string;
+  readonly port: number;
+  /** 'a' is 10.0.0.1:1000, 'b' 10.0.0.1:1001 …; 'x@a' shares a's port from another address. */
+  constructor(readonly key: string) {
+    const [host, base] = key.includes('@') ? ['10.0.0.9', key.split('@')[1] ?? 'a'] : ['10.0.0.1', key];
+    this.ip = host;
+    this.port = 1000 + base.charCodeAt(0) - 97;
+  }
 }
 
 const keys = (table: FlowTable<F>): string[] => table.snapshot().map((f) => f.key);
@@ -24,7 +32,7 @@ t.test('touch moves a flow to the newest end; oldest() is the least recently use
   table.touch(c, 6);
   t.same(keys(table), ['b', 'a', 'c']);
   t.equal(table.oldest(), b);
-  t.equal(table.get('a'), a);
+  t.equal(table.get('10.0.0.1', 1000), a);
   t.equal(table.size, 3);
 });
 
@@ -53,8 +61,31 @@ t.test('sweep removes exactly the flows last active before the cutoff, oldest fi
   t.equal(table.sweep(25, (f) => gone.push(f.key)), 2);
   t.same(gone, ['b', 'c']);
   t.same(keys(table), ['d', 'a']);
-  t.equal(table.get('b'), undefined);
+  t.equal(table.get('10.0.0.1', 1001), undefined);
   table.clear();
   t.equal(table.size, 0);
   t.same(keys(table), []);
+});
+
+t.test('clients that share a port: found by address, removable in any order, size counts each', async (t) => {
+  const table = new FlowTable<F>();
+  const a = new F('a');
+  const xa = new F('x@a');
+  const b = new F('b');
+  [a, xa, b].forEach((f, i) => table.insert(f, i));
+  t.equal(a.port, xa.port, 'same port, different address');
+  t.equal(table.get('10.0.0.1', a.port), a);
+  t.equal(table.get('10.0.0.9', a.port), xa);
+  t.equal(table.get('10.0.0.7', a.port), undefined, 'an unknown address on a known port');
+  t.equal(table.size, 3);
+  t.ok(table.remove(xa), 'the head of the port chain (inserted last)');
+  t.equal(table.get('10.0.0.1', a.port), a, 'the other flow on that port is still found');
+  table.insert(xa, 5);
+  t.ok(table.remove(a), 'the tail of the chain');
+  t.notOk(table.remove(a));
+  t.equal(table.get('10.0.0.9', a.port), xa);
+  t.equal(table.size, 2);
+  t.same(table.sweep(10, () => {}), 2);
+  t.equal(table.get('10.0.0.9', a.port), undefined);
+  t.equal(table.size, 0);
 });

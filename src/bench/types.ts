@@ -2,10 +2,10 @@
 // (one path × one workload, repeated) and the whole result. Plain data, JSON as is.
 
 /** Every data path the bench knows, in report order. `direct` is the ceiling. */
-export const PATH_NAMES = ['direct', 'portferry', 'iptables', 'nftables', 'docker-proxy', 'socat', 'haproxy', 'nginx', 'portferry-2w'] as const;
+export const PATH_NAMES = ['direct', 'portferry', 'portferry-base', 'portferry-2w', 'iptables', 'nftables', 'haproxy-splice', 'nginx', 'docker-proxy', 'naive', 'socat'] as const;
 export type PathName = (typeof PATH_NAMES)[number];
 
-export const WORKLOAD_IDS = ['tcp-1', 'tcp-1-rev', 'tcp-8', 'tcp-1-local', 'rr', 'cps', 'idle', 'udp-64', 'udp-1400'] as const;
+export const WORKLOAD_IDS = ['tcp-1', 'tcp-1-rev', 'tcp-8', 'tcp-1-local', 'rr', 'rr-pinned', 'cps', 'cps-pinned', 'idle', 'udp-64', 'udp-1400'] as const;
 export type WorkloadId = (typeof WORKLOAD_IDS)[number];
 
 export interface WorkloadInfo {
@@ -25,7 +25,9 @@ export const WORKLOADS: Readonly<Record<WorkloadId, WorkloadInfo>> = {
   'tcp-8': { id: 'tcp-8', title: 'TCP 8 streams →', primary: 'gbps', unit: 'Gbit/s', ratio: true },
   'tcp-1-local': { id: 'tcp-1-local', title: 'TCP 1 stream, host loopback', primary: 'gbps', unit: 'Gbit/s', ratio: true },
   rr: { id: 'rr', title: 'request/response', primary: 'tps', unit: 'trans/s', ratio: true },
+  'rr-pinned': { id: 'rr-pinned', title: 'request/response, 1 CPU', primary: 'tps', unit: 'trans/s', ratio: true },
   cps: { id: 'cps', title: 'connections', primary: 'cps', unit: 'conn/s', ratio: true },
+  'cps-pinned': { id: 'cps-pinned', title: 'connections, 1 CPU', primary: 'cps', unit: 'conn/s', ratio: true },
   idle: { id: 'idle', title: 'idle connections', primary: 'open', unit: 'open', ratio: false },
   'udp-64': { id: 'udp-64', title: 'UDP 64 B', primary: 'kpps', unit: 'kpps', ratio: true },
   'udp-1400': { id: 'udp-1400', title: 'UDP 1400 B', primary: 'kpps', unit: 'kpps', ratio: true },
@@ -69,6 +71,10 @@ export interface BenchMeta {
   readonly reps: number;
   readonly quick: boolean;
   readonly durations: { readonly bulkSeconds: number; readonly otherSeconds: number; readonly idleConnections: number };
+  /** Parallel loops of the connections workloads (absent in results from before it was recorded: 4). */
+  readonly connLoops?: number;
+  /** The CPU the `-pinned` workloads pin client, forwarder and servers to (when one ran). */
+  readonly pinnedCpu?: number;
   readonly elapsedSeconds: number;
 }
 

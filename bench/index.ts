@@ -1,4 +1,0 @@
-// The benchmark's entry for `portferry bench` (src/cli/bench.ts loads the compiled copy of this).
-export { runBench, FULL, QUICK, type BenchOptions } from './run.js';
-export { renderMarkdown, renderSvg } from './report.js';
-export { PATH_NAMES, WORKLOAD_IDS, type BenchResult, type PathName, type WorkloadId } from './types.js';

@@ -1,0 +1,117 @@
+// The Node-internals fast paths (src/internals.ts): each must be ON on the Node we ship for, and
+// each must really be used by the data path — these tests fail when one silently turns off. Then
+// each fallback is exercised (last: turning a path off is process-wide).
+import t, { type Test } from 'tap';
+import dgram from 'node:dgram';
+import { spawn } from 'node:child_process';
+import { disableFastPath, fixReceivedUdp6Connect, internals, selfTest } from '../../src/internals.js';
+import { createTopology, type Topology } from '../../src/netns/topology.js';
+import { NetnsDialer } from '../../src/netns/helper.js';
+import { silentLogger } from '../../src/log.js';
+import type { UdpChannel } from '../../src/proxy/dialer.js';
+import { skipUnless } from '../helpers/env.js';
+import { testMapping } from '../helpers/mapping.js';
+import { echoRoundTrip, echoServer, randomPayload, sha256, startManager } from '../helpers/net.js';
+import { nsServer } from '../netns/util.js';
+
+const MiB = 1024 * 1024;
+const gate = skipUnless({ root: true, tools: ['ip', 'nsenter'] });
+
+let topo: Topology | null = null;
+async function world(): Promise<Topology> {
+  topo ??= await createTopology({ mode: 'root', ipv6: true });
+  return topo;
+}
+t.teardown(() => topo?.destroy());
+
+/** Sends a 4 MiB echo through a forwarder; returns whether it came back intact and the relay's bulk count. */
+async function bulkEcho(t: Test): Promise<{ intact: boolean; bulk: number }> {
+  const echo = await echoServer(t.teardown);
+  const fwd = await startManager(t.teardown, [testMapping({ containerPort: echo.port })]);
+  const payload = randomPayload(4 * MiB);
+  const r = await echoRoundTrip(fwd.port(), payload);
+  await new Promise((res) => setTimeout(res, 50));
+  const rec = fwd.records.find((x) => x['msg'] === 'connection closed');
+  return { intact: sha256(r.received) === sha256(payload), bulk: Number(rec?.['bulk']) };
+}
+
+/** A udp6 socket bound on ::1 by a child process and received here over IPC (as the netns helper hands it over). */
+function receiveUdp6Socket(t: { teardown: (fn: () => unknown) => void }): Promise<dgram.Socket> {
+  const script = "const s=require('dgram').createSocket('udp6');s.bind(0,'::1',()=>process.send('udp',s,()=>process.exit(0)))";
+  const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  t.teardown(() => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
+  return new Promise((resolve, reject) => {
+    child.once('message', (_m, handle) => (handle instanceof dgram.Socket ? resolve(handle) : reject(new Error('no dgram socket received'))));
+    child.once('exit', (code) => reject(new Error(`child exited ${code} before handing over a socket`)));
+  });
+}
+
+/** An IPv6 UDP channel through the namespace dialer to an echo server on ::1 inside ctr. */
+async function udp6Channel(t: Test): Promise<UdpChannel> {
+  const tp = await world();
+  const srv = await nsServer(t.teardown, tp, 'ctr', { proto: 'udp', host: '::1' });
+  const dialer = new NetnsDialer({ netnsPath: tp.paths.ctr as string, logger: silentLogger() });
+  t.teardown(() => dialer.close());
+  const ch = await dialer.openUdp({ ip: '::1', port: srv.port });
+  t.teardown(() => ch.close());
+  return ch;
+}
+
+t.test('self-test: every fast path is on here, and says what it relies on', async (t) => {
+  const report = await selfTest();
+  t.match(report.bulkReads, { on: true, why: /useUserBuffer/ }, 'bulk reads into our own buffers');
+  t.match(report.udp6Connect, { on: true, why: /connect6/ }, 'connect6 for udp6 sockets received over IPC');
+});
+
+t.test('bulkReads is used by the relay (a bulk transfer reads into its own buffers)', async (t) => {
+  const before = internals().bulkReads.uses;
+  const r = await bulkEcho(t);
+  t.ok(r.intact, '4 MiB echoed intact');
+  t.ok(r.bulk >= 1, `the relay went bulk (bulk=${r.bulk})`);
+  t.ok(internals().bulkReads.uses > before, 'and counted as a use of the fast path');
+});
+
+t.test('udp6Connect: a udp6 socket received over IPC connects (the Node 20 bug is patched)', async (t) => {
+  const server = dgram.createSocket('udp6');
+  await new Promise<void>((r) => server.bind(0, '::1', () => r()));
+  t.teardown(() => server.close());
+  server.on('message', (m, rinfo) => server.send(m, rinfo.port, rinfo.address));
+  const socket = await receiveUdp6Socket(t);
+  t.teardown(() => socket.close());
+  const before = internals().udp6Connect.uses;
+  t.ok(fixReceivedUdp6Connect(socket), 'the patch applies');
+  t.equal(internals().udp6Connect.uses, before + 1, 'counted');
+  const err = await new Promise<Error | null>((r) => socket.connect(server.address().port, '::1', (e?: Error) => r(e ?? null)));
+  t.equal(err, null, 'connect succeeds');
+  const reply = new Promise<string>((r) => socket.once('message', (m) => r(m.toString())));
+  socket.send('ping');
+  t.equal(await reply, 'ping', 'a connected exchange');
+});
+
+t.test('udp6Connect is used by the namespace dialer for an IPv6 UDP channel', gate, async (t) => {
+  const before = internals().udp6Connect.uses;
+  await udp6Channel(t);
+  t.equal(internals().udp6Connect.uses, before + 1, 'the channel was connected through the fast path');
+});
+
+// ---- fallbacks (process-wide: these run last) ----
+
+t.test('fallback: with bulkReads off, a bulk transfer stays intact in event mode', async (t) => {
+  disableFastPath('bulkReads', 'turned off by the test');
+  t.match(internals().bulkReads, { on: false, why: 'turned off by the test' }, 'reported off, with the reason');
+  const r = await bulkEcho(t);
+  t.ok(r.intact, '4 MiB echoed intact');
+  t.equal(r.bulk, 0, 'no direction read into own buffers');
+});
+
+t.test('fallback: with udp6Connect off, the namespace dialer still carries IPv6 datagrams (unconnected)', gate, async (t) => {
+  disableFastPath('udp6Connect', 'turned off by the test');
+  const before = internals().udp6Connect.uses;
+  const ch = await udp6Channel(t);
+  const reply = new Promise<string>((r) => ch.onMessage((m) => r(m.toString())));
+  ch.send(Buffer.from('over the fallback'));
+  t.equal(await reply, 'over the fallback', 'echoed');
+  t.equal(internals().udp6Connect.uses, before, 'without the fast path');
+});
