@@ -12,6 +12,7 @@ import type { Listener } from '../api.js';
 import { formatEndpoint, formatHostPort } from '../addr.js';
 import { expandBindings } from '../config/validate.js';
 import { PortferryError } from '../errors.js';
+import { selfTest } from '../internals.js';
 import { createLogger, silentLogger, type Logger } from '../log.js';
 import { DirectDialer } from '../proxy/dialer.js';
 import { TcpListener } from '../proxy/tcp.js';
@@ -182,6 +183,13 @@ export async function main(argv: readonly string[], env: NodeJS.ProcessEnv): Pro
   // Only now: a SIGINT from dockerd right after `0\n` must find the handler installed.
   report('0\n');
   logger.info({ listening: formatEndpoint(listener.address() ?? listener.binding.host), target: formatEndpoint(listener.binding.container), config: config.file, adopted: args.useListenFd }, 'ready');
+  // The data path's fast paths are checked structurally before use; the loopback probe `run` makes
+  // before binding runs here after readiness, so it adds nothing to dockerd's wait.
+  void selfTest().then((fastPaths) => {
+    for (const [name, status] of Object.entries(fastPaths)) {
+      if (!status.on) logger.warn({ fastPath: name, why: status.why }, 'a fast path of the data path is off; the public Node API is used instead (slower, same bytes)');
+    }
+  });
 }
 
 function loggerFor(config: DockerProxyConfig, sink: LogSink): Logger {
