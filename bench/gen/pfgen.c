@@ -1,5 +1,6 @@
 // pfgen: the benchmark's own load generators and backends, one small C program built at run time
 // with `cc -O2 -pthread` (Node would be the bottleneck at these rates: ~110k datagrams/s per core).
+// (Over 350 lines on purpose: one file so that it builds with a single cc call wherever bench runs.)
 //
 // Backends (run inside the container namespace):
 //   pfgen serve PORT         TCP: reads 32-byte requests, answers each with 128 bytes, closes on

@@ -9,6 +9,10 @@
 // connects it to the target (routing still happens in the container's namespace) and uses it as a
 // direct connected socket. Relaying datagrams over IPC instead would cost a JSON message per
 // datagram through one process, and every flow would die with the helper.
+//
+// Over 350 lines on purpose: the helper's whole lifecycle (start, IPC requests, restart, death
+// reporting) and both protocols are one state machine; split, each half would need the other's
+// private state.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';

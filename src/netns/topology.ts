@@ -1,4 +1,6 @@
 // A throwaway network world for tests, the benchmark and the demo: one object, one cleanup.
+// (Over 350 lines on purpose: root and rootless modes build the same world step by step, and every
+// step registers its own undo with the one cleanup; keeping them together keeps that pairing visible.)
 //
 // Root mode (`ip netns`): namespaces `host`, `ctr` and optionally `client`, each named
 // `pf-<role>-<random>`. veth pairs join host↔ctr and host↔client; they are created directly
