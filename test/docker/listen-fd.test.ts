@@ -83,7 +83,7 @@ t.test('-use-listen-fd udp: adopts the bound socket, replies reach the client fr
 
 t.test('SIGINT with a connection open: bounded drain, exit 0', needs, async (t) => {
   const dir = mkdtempSync(path.join(tmpdir(), 'pfdock-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true, maxRetries: 5 }));
   writeFileSync(path.join(dir, 'c.yaml'), 'drainTimeout: 300ms\nlog: { file: ' + path.join(dir, 'log') + ', level: info }\n');
   const backend = await echoServer(t.teardown);
   const proxy = await runProxy(t.teardown, argv('tcp', '127.0.0.1', '{port}', '127.0.0.1', backend.port, '-use-listen-fd'), { listen: { proto: 'tcp', ip: '127.0.0.1' }, env: { PORTFERRY_DOCKER_CONFIG: path.join(dir, 'c.yaml') } });
@@ -156,7 +156,7 @@ t.test('every bad argv → 1\\n<coded message> on fd 3, exit 1, nothing bound', 
 
 t.test('the config file: PROXY v2 on the matching rule only; an invalid file → 1\\n naming the problem', needs, async (t) => {
   const dir = mkdtempSync(path.join(tmpdir(), 'pfdock-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true, maxRetries: 5 }));
   const backend = await echoServer(t.teardown);
   const file = path.join(dir, 'docker-proxy.yaml');
   writeFileSync(file, `rules:\n  - match: { containerPort: ${backend.port}, protocol: tcp, hostIP: 127.0.0.0/8 }\n    proxyProtocol: v2\nlog: { file: ${dir}/log }\n`);

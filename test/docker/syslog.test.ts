@@ -16,7 +16,7 @@ const RECEIVER = 'import socket,sys\ns=socket.socket(socket.AF_UNIX,socket.SOCK_
 
 t.test('error and warning lines reach the syslog socket with their priorities, in order', skipUnless({ tools: [PYTHON, 'logger'] }), async (t) => {
   const dir = mkdtempSync(path.join(tmpdir(), 'pfsys-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true, maxRetries: 5 }));
   const sock = path.join(dir, 'log');
   const receiver = spawn(PYTHON, ['-c', RECEIVER, sock], { stdio: ['ignore', 'pipe', 'inherit'] });
   t.teardown(() => receiver.kill('SIGKILL'));
