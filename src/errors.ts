@@ -121,6 +121,10 @@ export const CATALOGUE = {
     meaning: 'A worker process of `run --workers` failed to start or to bind its listeners.',
     fix: 'Read the error it reported (it names the mapping and address); run with --workers 1 to see it in a single process.',
   },
+  PF_LISTEN_FD: {
+    meaning: 'portferry-docker-proxy was given -use-listen-fd, but the socket on fd 4 is missing, of the wrong kind or bound elsewhere.',
+    fix: 'Only dockerd (28 or newer) passes -use-listen-fd, with its socket on fd 4; a program that starts the proxy by hand leaves the flag out.',
+  },
   PF_NETNS_HELPER: {
     meaning: 'The helper process inside a network namespace could not be started or failed.',
     fix: 'Check `nsenter` is installed and that portferry may enter the namespace (root, or the owner of the user namespace); portferry restarts the helper on the next connection.',

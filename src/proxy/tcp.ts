@@ -18,6 +18,8 @@ export interface TcpListenerDeps {
   readonly dialer: Dialer;
   /** A child logger for this mapping; per-connection lines are debug only. */
   readonly logger: Logger;
+  /** Adopt this already listening (or bound) socket instead of binding the host address (docker's -use-listen-fd). */
+  readonly fd?: number;
 }
 
 const LISTEN_BACKLOG = 4096;
@@ -69,8 +71,9 @@ export class TcpListener implements Listener {
   }
 
   /** What server.listen() is given: the binding's address and port. */
-  private listenOptions(): net.ListenOptions {
+  private listenOptions(): net.ListenOptions & { fd?: number } {
     const { host } = this.binding;
+    if (this.deps.fd !== undefined) return { fd: this.deps.fd, backlog: LISTEN_BACKLOG };
     return { host: host.ip, port: host.port, ipv6Only: host.ip.includes(':'), backlog: LISTEN_BACKLOG };
   }
 

@@ -80,6 +80,8 @@ export class HostSockets {
     private readonly warner: RateLimitedWarner,
     private readonly events: HostSocketEvents,
     private readonly rescanMs = DEFAULT_RESCAN_MS,
+    /** An already bound descriptor to adopt as the only socket (docker's -use-listen-fd). */
+    private readonly fd?: number,
   ) {
     this.type = family === 6 ? 'udp6' : 'udp4';
   }
@@ -87,7 +89,7 @@ export class HostSockets {
   /** Binds every socket of the binding; resolves with the bound port. Rejects with a PortferryError. */
   async bind(): Promise<number> {
     const { host } = this.binding;
-    if (!isUnspecified(host.ip)) {
+    if (this.fd !== undefined || !isUnspecified(host.ip)) {
       this.port = (await this.bindOne(host.ip, host.port)).local.port;
       return this.port;
     }
@@ -163,7 +165,7 @@ export class HostSockets {
         reject(bindError(err, this.binding, { ip, port }));
       };
       socket.once('error', onBindError);
-      socket.bind({ port, address: ip, exclusive: true }, () => {
+      socket.bind(this.fd !== undefined ? { fd: this.fd } : { port, address: ip, exclusive: true }, () => {
         socket.off('error', onBindError);
         const hs: HostSocket = { socket, local: { ip, port: socket.address().port }, wildcard: isUnspecified(ip), closed: false };
         if (this.closed) {

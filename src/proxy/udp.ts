@@ -30,6 +30,8 @@ export interface UdpListenerDeps {
    * the last scan. Default 10 s; 0 turns re-scanning off.
    */
   readonly addressRescanMs?: number;
+  /** Adopt this already bound socket as the only host socket instead of binding (docker's -use-listen-fd). */
+  readonly fd?: number;
 }
 
 const SWEEP_MIN_MS = 50;
@@ -71,6 +73,7 @@ export class UdpListener implements Listener {
       warner,
       { message: (hs, msg, rinfo) => flows.fromClient(hs, msg, rinfo), gone: (hs) => flows.hostGone(hs) },
       deps.addressRescanMs,
+      deps.fd,
     );
   }
 
