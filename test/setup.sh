@@ -8,7 +8,7 @@ declare -A pkg_of=(
   [nginx]=nginx [unbound]=unbound [conntrack]=conntrack [socat]=socat [iperf3]=iperf3
   [nsenter]=util-linux [setpriv]=util-linux [unshare]=util-linux
   [taskset]=util-linux [prlimit]=util-linux [cc]=gcc
-  [podman]=podman [busybox]=busybox-static
+  [podman]=podman [busybox]=busybox-static [rootlessctl]=rootlesskit
 )
 
 want=()
