@@ -11,6 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmdirSync, rmSync, symlinkSync, writeFileSync, copyFileSync } from 'node:fs';
 import path from 'node:path';
 import { until } from '../helpers/net.js';
+import { pidAlive as alive } from '../netns/util.js';
 
 export const DOCKER = '/usr/bin/docker';
 const BUSYBOX = '/bin/busybox';
@@ -32,14 +33,6 @@ function run(cmd: string, args: readonly string[], o: { input?: NodeJS.ReadableS
   });
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 function kill(pid: number, signal: NodeJS.Signals): void {
   try {

@@ -4,15 +4,8 @@ import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import dgram from 'node:dgram';
 import { connect, echoRoundTrip, echoServer, freePort, readAll, runCli, startServer, transferAcrossSigterm, until } from '../helpers/net.js';
+import { pidAlive as alive } from '../netns/util.js';
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 async function udpEcho(teardown: (fn: () => unknown) => void): Promise<number> {
   const s = dgram.createSocket('udp4');
