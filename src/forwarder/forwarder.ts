@@ -90,11 +90,11 @@ export class Forwarder {
    * otherwise new ids are handed out. Names must be unique across the forwarder.
    */
   add(mappings: readonly Mapping[], opts: { owner?: string | null; origin: Origin; ids?: readonly number[]; owners?: readonly (string | null)[] }): Promise<Entry[]> {
-    return this.serial(() => this.addNow(mappings, opts.owner ?? null, opts.origin, opts.ids, new Set(), opts.owners));
+    return this.serial(() => this.addNow(mappings, opts.owner ?? null, opts.origin, opts.ids, opts.owners));
   }
 
-  private async addNow(mappings: readonly Mapping[], owner: string | null, origin: Origin, ids?: readonly number[], ignore: ReadonlySet<number> = new Set(), owners?: readonly (string | null)[]): Promise<Entry[]> {
-    const existing = [...this.entries.values()].filter((e) => !ignore.has(e.id));
+  private async addNow(mappings: readonly Mapping[], owner: string | null, origin: Origin, ids?: readonly number[], owners?: readonly (string | null)[]): Promise<Entry[]> {
+    const existing = [...this.entries.values()];
     const problems = checkListenerBudget(mappings, existing.map((e) => e.mapping));
     if (problems.length === 0) problems.push(...findConflicts(mappings, existing.map((e) => e.mapping)));
     const names = new Map(existing.map((e) => [e.mapping.name, e]));
