@@ -211,7 +211,8 @@ t.test('dial-failure warnings name the errno, say when the shortage is local (EM
   const listenPort = await freePort();
   const cli = runCli(t.teardown, ['run', '-p', `127.0.0.1:${listenPort}:127.0.0.1:${closed}`]);
   await cli.ready;
-  const r = await readAll(await connect(listenPort));
+  // The reset may even beat the client's own 'connect' event: then connect() itself fails with it.
+  const r = await connect(listenPort).then(readAll, (e: NodeJS.ErrnoException) => ({ errorCode: e.code }));
   t.equal(r.errorCode, 'ECONNRESET', 'the client is reset');
   await until(() => cli.stderr().includes('connecting to the container failed'), 5000, 'the warning');
   const line = cli.stderr().split('\n').find((l) => l.includes('connecting to the container failed')) ?? '';
