@@ -145,7 +145,7 @@ async function route(req: http.IncomingMessage, url: URL, o: ApiServerOptions): 
     const added = await f.add(mappingsFromObjects(mappings, 'POST /v1/mappings'), { owner, origin: 'api' });
     return [201, { mappings: added.map(status) }];
   }
-  if (is('GET', 'v1', 'mapping', '*') || is('GET', 'v1', 'mappings', '*')) {
+  if (is('GET', 'v1', 'mappings', '*')) {
     const e = f.get(idOf(seg[2] ?? ''));
     if (e === undefined) throw requestError(`no mapping has id ${seg[2] ?? ''}`, 'PF_API_NOT_FOUND');
     return [200, status(e)];

@@ -108,16 +108,14 @@ t.test('rootlessctl drives portferry run --api --netns (backends on 127.0.0.1 in
   await ctl('remove-ports', String(ids[0]));
   t.ok(await refused(tcpPort), 'connection refused after remove-ports');
 
-  const bad = await apiRequest(sock, 'POST', '/v1/ports', undefined).then(async () => {
-    // A malformed body, written by hand (apiRequest sends only JSON).
-    return new Promise<{ status: number; body: string }>((resolve) => {
-      const c = net.connect(sock);
-      c.on('error', () => {});
-      c.end('POST /v1/ports HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 9\r\nConnection: close\r\n\r\n{"proto":');
-      let text = '';
-      c.on('data', (d) => (text += d.toString()));
-      c.on('close', () => resolve({ status: Number(/HTTP\/1\.1 (\d+)/.exec(text)?.[1] ?? 0), body: text.slice(text.indexOf('\r\n\r\n') + 4) }));
-    });
+  // A malformed body, written by hand (apiRequest sends only JSON).
+  const bad = await new Promise<{ status: number; body: string }>((resolve) => {
+    const c = net.connect(sock);
+    c.on('error', () => {});
+    c.end('POST /v1/ports HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 9\r\nConnection: close\r\n\r\n{"proto":');
+    let text = '';
+    c.on('data', (d) => (text += d.toString()));
+    c.on('close', () => resolve({ status: Number(/HTTP\/1\.1 (\d+)/.exec(text)?.[1] ?? 0), body: text.slice(text.indexOf('\r\n\r\n') + 4) }));
   });
   t.equal(bad.status, 400, 'malformed JSON → 400');
   t.match(JSON.parse(bad.body), { code: 'PF_API_REQUEST', message: /not JSON/ });

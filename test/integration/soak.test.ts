@@ -101,13 +101,10 @@ t.test('soak: descriptor exhaustion, UDP flood, backend down and up, SIGHUP — 
     `mappings:\n  - {name: tcp, hostIP: 127.0.0.1, hostPort: ${tcpPort}, containerIP: 127.0.0.1, containerPort: ${sink.port}, connectTimeout: 2s}\n` +
       `  - {name: udp, protocol: udp, hostPort: ${udpPort}, containerIP: 127.0.0.1, containerPort: ${(udpBackend.address() as net.AddressInfo).port}, udpIdleTimeout: 5s}\n`,
   );
-  const cli = runCli(t.teardown.bind(t), ['run', '-c', file, '--log-level', 'warn'].map(String), {});
-  // prlimit on the running process: the limit is small and the same for soft and hard.
-  await until(() => cli.child.pid !== undefined, 5000, 'pid');
-  const { execFileSync } = await import('node:child_process');
-  // The ready line is at info; wait for the port instead.
+  // The descriptor limit is set from the start, as `ulimit -n` would, so the UDP flow budget is
+  // computed from it.
+  const cli = runCli(t.teardown.bind(t), ['run', '-c', file, '--log-level', 'warn'], {}, ['prlimit', `--nofile=${LIMIT}:${LIMIT}`]);
   await until(async () => (await exchange(tcpPort, 10)) === 'ok', 15_000, 'forwarder serving');
-  execFileSync('prlimit', [`--pid=${cli.child.pid}`, `--nofile=${LIMIT}:${LIMIT}`]);
 
   const counts: Record<Outcome, number> = { ok: 0, error: 0, unserved: 0, corrupt: 0 };
   let running = true;
