@@ -40,8 +40,10 @@ export function readNofileLimit(): NofileLimit | null {
 
 /** Counts the descriptors UDP flows hold, process-wide, against their share of the limit. */
 export class DescriptorBudget {
-  private limit: number | null = null;
   private held = 0;
+
+  /** `limit`: the soft limit to budget from; read from the process (once) when not given. */
+  constructor(private limit: number | null = null) {}
 
   /** The soft limit the budget is computed from (read once; refreshed by raiseNofileLimit). */
   softLimit(): number {
@@ -66,9 +68,6 @@ export class DescriptorBudget {
     if (this.held > 0) this.held--;
   }
 
-  udpFlowsHeld(): number {
-    return this.held;
-  }
 
   /** Re-reads the limit (after it was raised). */
   refresh(): void {

@@ -245,3 +245,13 @@ export function wrapDgram(socket: dgram.Socket, unconnectedTarget?: Endpoint): U
     },
   };
 }
+
+/** The errno behind a failed dial (ECONNREFUSED, ETIMEDOUT, EMFILE …): PF_DIAL_FAILED carries it in its details. */
+export function dialErrno(err: unknown): string {
+  if (err instanceof PortferryError) {
+    if (err.code === 'PF_DIAL_TIMEOUT') return 'ETIMEDOUT';
+    const errno = err.details['errno'];
+    if (typeof errno === 'string') return errno;
+  }
+  return errnoCode((err as { cause?: unknown } | null)?.cause) ?? errnoCode(err) ?? 'unknown';
+}

@@ -5,11 +5,11 @@
 // close() stops accepting and lets relays finish for a grace period, destroy() aborts them all.
 import net from 'node:net';
 import type { Binding, Endpoint, Listener, RelayResult, TcpStats } from '../api.js';
-import { PortferryError, errnoCode } from '../errors.js';
+import { errnoCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import { RateLimitedWarner } from './warn.js';
 import { bindError, closedBeforeListening } from './bind-error.js';
-import type { DialAttempt, Dialer } from './dialer.js';
+import { dialErrno, type DialAttempt, type Dialer } from './dialer.js';
 import { buildConnectionHeader } from './header-hook.js';
 import { newUniqueId } from './proxy-header.js';
 import { Relay } from './relay.js';
@@ -285,15 +285,6 @@ interface ConnectionInfo {
   readonly client: string;
 }
 
-/** The errno behind a failed dial (ECONNREFUSED, ETIMEDOUT, EMFILE …): PF_DIAL_FAILED carries it in its details. */
-function dialErrno(err: unknown): string {
-  if (err instanceof PortferryError) {
-    if (err.code === 'PF_DIAL_TIMEOUT') return 'ETIMEDOUT';
-    const errno = err.details['errno'];
-    if (typeof errno === 'string') return errno;
-  }
-  return errnoCode((err as { cause?: unknown } | null)?.cause) ?? errnoCode(err) ?? 'unknown';
-}
 
 /**
  * Closes a server whatever its bind's progress: a bind still under way (address lookup, listen)

@@ -21,7 +21,7 @@ import { PortferryError, errnoCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import { formatEndpoint } from '../addr.js';
 import { descriptors } from '../limits.js';
-import type { Dialer, UdpChannel } from './dialer.js';
+import { dialErrno, type Dialer, type UdpChannel } from './dialer.js';
 import { FlowTable, type FlowLink } from './flow-table.js';
 import { buildProxyHeader, newUniqueId } from './proxy-header.js';
 import type { HostSocket } from './udp-sockets.js';
@@ -191,15 +191,8 @@ export class UdpFlows {
   }
 
   private open(ip: string, port: number, hs: HostSocket, now: number): Flow | undefined {
-    let header: Buffer | null = null;
-    if (this.binding.mapping.proxyProtocol !== null) {
-      header = this.flowHeader(ip, port, hs);
-      if (header === null) {
-        this.counters.drop('proxy-header');
-        return undefined;
-      }
-    }
     if (this.maxFlows > 0 && this.table.size >= this.maxFlows) this.evictOldest();
+    // The budget first: a flood past it must not cost a PROXY header per refused datagram.
     if (!descriptors.takeUdpFlow()) {
       this.counters.drop('descriptor-budget');
       this.warner.warn(
@@ -208,6 +201,15 @@ export class UdpFlows {
         'udp flows hold half of the descriptor limit; new clients are refused so that TCP keeps descriptors (raise `ulimit -n`)',
       );
       return undefined;
+    }
+    let header: Buffer | null = null;
+    if (this.binding.mapping.proxyProtocol !== null) {
+      header = this.flowHeader(ip, port, hs);
+      if (header === null) {
+        descriptors.releaseUdpFlow();
+        this.counters.drop('proxy-header');
+        return undefined;
+      }
     }
     const flow = new Flow(ip, port, hs, header, now);
     this.table.insert(flow, now);
@@ -232,8 +234,8 @@ export class UdpFlows {
       return buildProxyHeader({
         version: m.proxyProtocol ?? 'v2',
         transport: 'dgram',
-        source: { ip: withoutScope(ip), port },
-        destination: { ip: withoutScope(hs.local.ip), port: hs.local.port },
+        source: { ip, port },
+        destination: { ip: hs.local.ip, port: hs.local.port },
         tlvs: {
           ...(m.proxyTlvs.uniqueId ? { uniqueId: newUniqueId() } : {}),
           crc32c: m.proxyTlvs.crc32c,
@@ -272,7 +274,7 @@ export class UdpFlows {
     this.end(flow, 'setup-failed');
     // One line with the errno (ECONNREFUSED, EMFILE …), never a stack trace.
     const coded = err instanceof PortferryError ? err : null;
-    const errno = String(coded?.details['errno'] ?? errnoCode(coded?.cause) ?? errnoCode(err) ?? 'unknown');
+    const errno = dialErrno(err);
     this.warner.warn(
       `setup:${errno}`,
       { code: coded?.code ?? 'PF_DIAL_FAILED', errno, target: formatEndpoint(this.binding.container) },
@@ -340,9 +342,4 @@ export class UdpFlows {
     const fields = { client: formatEndpoint(flow), reason, datagramsToContainer, datagramsToClient, bytesToContainer, bytesToClient };
     this.logger.debug({ ...fields, durationMs: Date.now() - flow.createdAt }, 'udp flow end');
   }
-}
-
-function withoutScope(ip: string): string {
-  const i = ip.indexOf('%');
-  return i < 0 ? ip : ip.slice(0, i);
 }

@@ -36,7 +36,6 @@ import type { RateLimitedWarner } from './warn.js';
 export interface HostSocket {
   readonly socket: dgram.Socket;
   readonly local: Endpoint;
-  readonly wildcard: boolean;
   closed: boolean;
 }
 
@@ -111,10 +110,6 @@ export class HostSockets {
     return this.port;
   }
 
-  all(): IterableIterator<HostSocket> {
-    return this.sockets.values();
-  }
-
   /** Every address a socket is bound to. */
   addresses(): Endpoint[] {
     return [...this.sockets.values()].map((hs) => hs.local);
@@ -167,7 +162,7 @@ export class HostSockets {
       socket.once('error', onBindError);
       socket.bind(this.fd !== undefined ? { fd: this.fd } : { port, address: ip, exclusive: true }, () => {
         socket.off('error', onBindError);
-        const hs: HostSocket = { socket, local: { ip, port: socket.address().port }, wildcard: isUnspecified(ip), closed: false };
+        const hs: HostSocket = { socket, local: { ip, port: socket.address().port }, closed: false };
         if (this.closed) {
           closeHostSocket(hs);
           reject(new PortferryError('PF_BIND_FAILED', `udp ${formatEndpoint(hs.local)} was closed while it was being bound`));
@@ -237,7 +232,7 @@ function closeQuietly(socket: dgram.Socket): void {
   }
 }
 
-export function closeHostSocket(hs: HostSocket): void {
+function closeHostSocket(hs: HostSocket): void {
   if (hs.closed) return;
   hs.closed = true;
   hs.socket.removeAllListeners('message');

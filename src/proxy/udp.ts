@@ -10,7 +10,7 @@
 // runs out.
 import net from 'node:net';
 import type { Binding, Endpoint, Listener, UdpStats } from '../api.js';
-import { PortferryError } from '../errors.js';
+import { closedBeforeListening } from './bind-error.js';
 import type { Logger } from '../log.js';
 import { formatEndpoint } from '../addr.js';
 import type { Dialer } from './dialer.js';
@@ -19,7 +19,6 @@ import { HostSockets } from './udp-sockets.js';
 import { RateLimitedWarner } from './warn.js';
 
 export { MAX_DATAGRAM } from './udp-flows.js';
-export { localAddresses } from './udp-sockets.js';
 
 export interface UdpListenerDeps {
   readonly dialer: Dialer;
@@ -145,27 +144,20 @@ export class UdpListener implements Listener {
   }
 
   private async bindAll(): Promise<void> {
-    if (this.state !== 'new') throw this.notListening();
+    if (this.state !== 'new') throw closedBeforeListening(this.binding);
     try {
       const port = await this.sockets.bind();
       this.bound = { ip: this.binding.host.ip, port };
     } catch (err) {
       const closedMeanwhile = this.state !== 'new';
       this.destroy();
-      throw closedMeanwhile ? this.notListening() : err;
+      throw closedMeanwhile ? closedBeforeListening(this.binding) : err;
     }
     // close()/destroy() while binding: destroy() has closed what was bound already.
-    if (this.state !== 'new') throw this.notListening();
+    if (this.state !== 'new') throw closedBeforeListening(this.binding);
     this.state = 'listening';
     this.flows.accepting = true;
     this.logger.debug({ addresses: this.boundAddresses().map(formatEndpoint), target: formatEndpoint(this.binding.container) }, 'udp listening');
-  }
-
-  private notListening(): PortferryError {
-    return new PortferryError('PF_BIND_FAILED', `udp ${formatEndpoint(this.binding.host)} for mapping "${this.binding.mapping.name}" was closed before it was listening`, {
-      details: { mapping: this.binding.mapping.name, address: formatEndpoint(this.binding.host) },
-      hint: 'Nothing to fix: the mapping was removed or the forwarder shut down while it was starting.',
-    });
   }
 
   /** Starts the sweep; while closing, restarts it at the closing pace. */

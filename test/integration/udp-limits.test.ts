@@ -26,10 +26,12 @@ const MANY_CLIENTS = `
 t.test('readNofileLimit reads this process limit; the budget is half of it', async (t) => {
   const limit = readNofileLimit();
   t.ok(limit !== null && limit.soft > 0 && limit.hard >= limit.soft, `soft ${limit?.soft}, hard ${limit?.hard}`);
-  const budget = new DescriptorBudget();
-  t.equal(budget.udpFlowLimit(), Math.floor((limit?.soft ?? 0) * UDP_FLOW_SHARE));
+  t.equal(new DescriptorBudget().udpFlowLimit(), Number.isFinite(limit?.soft) ? Math.floor((limit?.soft ?? 0) * UDP_FLOW_SHARE) : Infinity, "this process's budget");
+  // Taking is checked on a budget of a known size (the host's own limit may be a million).
+  const budget = new DescriptorBudget(256);
+  t.equal(budget.udpFlowLimit(), Math.floor(256 * UDP_FLOW_SHARE));
   let taken = 0;
-  while (taken < 100_000 && budget.takeUdpFlow()) taken++;
+  while (taken < 1000 && budget.takeUdpFlow()) taken++;
   t.equal(taken, budget.udpFlowLimit(), 'takes stop at the budget');
   budget.releaseUdpFlow();
   t.ok(budget.takeUdpFlow(), 'a released descriptor can be taken again');

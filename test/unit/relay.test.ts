@@ -68,6 +68,7 @@ for (const a of SIDES) {
     t.match(r, { reason: 'done' });
     t.equal(sent(r, a), 3 * MiB, 'count one way');
     t.equal(sent(r, b), 1000, 'count the other way');
+    t.equal(r.bulkDirections, 1, 'the 3 MiB direction went through the bulk (own buffers) path, the 1000 B one did not');
   });
 
   t.test(`transfer after half-close (${a} sends and ends; ${b} answers 2 MiB afterwards)`, async (t) => {
