@@ -39,6 +39,7 @@ t.test('npm pack → npm install of the tarball → the installed portferry work
   const pack = run('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', dir], root);
   t.equal(pack.status, 0, explain('npm pack', pack));
   const [info] = JSON.parse(pack.stdout) as { filename: string; files: { path: string }[] }[];
+  t.ok(info, 'npm pack reported the tarball');
   if (info === undefined) return;
   const files = info.files.map((f) => f.path);
   for (const f of ['bin/portferry.js', 'dist/cli/main.js', 'dist/bench/index.js', 'bench/gen/pfgen.c', 'bench/naive-proxy.mjs']) t.ok(files.includes(f), `the tarball holds ${f}`);

@@ -6,7 +6,7 @@ import t from 'tap';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { hasTool, skipUnless } from '../helpers/env.js';
+import { skipUnless } from '../helpers/env.js';
 import { BenchInterrupted, runBench } from '../../src/bench/run.js';
 import { PATH_NAMES, WORKLOADS, WORKLOAD_IDS } from '../../src/bench/types.js';
 import { alive } from '../../src/bench/proc.js';
@@ -15,14 +15,12 @@ import { renderMarkdown, renderSvg } from '../../src/bench/report.js';
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const bin = `${root}bin/portferry.js`;
 
-const haproxy = hasTool('haproxy');
-
-t.test('mini run: direct, portferry, naive (and haproxy-splice), positive figures, no leftovers', skipUnless({ root: true, tools: ['ip', 'iperf3', 'cc', 'prlimit', 'ss', 'nsenter', 'taskset'] }), async (t) => {
+t.test('mini run: direct, portferry, naive haproxy-splice, positive figures, no leftovers', skipUnless({ root: true, tools: ['ip', 'iperf3', 'cc', 'prlimit', 'ss', 'nsenter', 'taskset', 'haproxy'] }), async (t) => {
   t.ok(existsSync(`${root}dist/cli/main.js`), 'portferry is built (npm run build)');
   const namespaces: string[] = [];
   const pids: number[] = [];
   const result = await runBench({
-    paths: ['portferry', 'naive', ...(haproxy ? (['haproxy-splice'] as const) : [])],
+    paths: ['portferry', 'naive', 'haproxy-splice'],
     workloads: ['tcp-1', 'tcp-1-local', 'rr', 'rr-pinned', 'cps', 'cps-pinned', 'idle', 'udp-64'],
     reps: 1,
     bulkSeconds: 1,
@@ -32,7 +30,7 @@ t.test('mini run: direct, portferry, naive (and haproxy-splice), positive figure
     graceMs: 10_000,
     observe: { namespaces: (n) => namespaces.push(...n), processes: (p) => pids.push(...p) },
   });
-  t.same(result.paths.map((p) => `${p.name}:${p.status}`), ['direct:measured', 'portferry:measured', ...(haproxy ? ['haproxy-splice:measured'] : []), 'naive:measured']);
+  t.same(result.paths.map((p) => `${p.name}:${p.status}`), ['direct:measured', 'portferry:measured', 'haproxy-splice:measured', 'naive:measured']);
   for (const c of result.cells) {
     if (c.path === 'haproxy-splice' && c.workload === 'udp-64') {
       t.match(c, { status: 'skipped', reason: 'haproxy does not forward UDP' });

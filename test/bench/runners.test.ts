@@ -3,7 +3,7 @@
 // reason, never a number. Against the container directly they report positive figures.
 import t, { type Test } from 'tap';
 import { readFileSync, readdirSync, rmSync } from 'node:fs';
-import { skipUnless } from '../helpers/env.js';
+import { inCI, skipUnless } from '../helpers/env.js';
 import { createTopology } from '../../src/netns/topology.js';
 import { buildPfgen } from '../../src/bench/env.js';
 import { BACKEND } from '../../src/bench/path-kit.js';
@@ -110,7 +110,10 @@ function pfgenPids(binary: string, mode: string): number[] {
 
 const all = allowedCpuList();
 const needs = skipUnless({ root: true, tools: ['ip', 'iperf3', 'cc', 'prlimit', 'ss', 'taskset'] });
-const oneCpu = /[-,]/.test(all) ? {} : { skip: `only CPU ${all} is allowed: pinned and unpinned cannot be told apart` };
+const oneCpuReason = /[-,]/.test(all) ? undefined : `only CPU ${all} is allowed: pinned and unpinned cannot be told apart`;
+// Under CI=true a missing prerequisite fails the run (as skipUnless does), never a silent skip.
+if (oneCpuReason !== undefined && inCI) throw new Error(`prerequisite missing under CI=true (no skips allowed): ${oneCpuReason}`);
+const oneCpu = oneCpuReason === undefined ? {} : { skip: oneCpuReason };
 t.test('pinned workloads: client, forwarder (every thread) and servers on one CPU while they run, all CPUs again after', { ...oneCpu, ...needs }, async (t) => {
   const base = await setup(t, { bulkSeconds: 1, otherSeconds: 1, idleConnections: 10, cpsThreads: 4 });
   const { topology: topo, backendPids } = base;

@@ -92,12 +92,12 @@ t.test('invalid files: every problem, with its place', async (t) => {
     }
     return [];
   };
-  t.match(await problems('rules: [ {'), [/^PF_CONFIG_PARSE \/c\.yaml:1:/]);
-  t.match(await problems('rule: []\nlog: { level: loud, file: relative.log }\n'), [/PF_CONFIG_KEY .*rule: unknown key/, /log\.level: "loud"/, /log\.file: must be an absolute path/]);
-  t.match(await problems('defaults: { netns: /proc/1/ns/net }\n'), [/PF_CONFIG_KEY .*defaults\.netns/]);
-  t.match(await problems('rules:\n  - match: { protocol: udp }\n    proxyProtocol: v1\n'), [/PF_CONFIG_VALUE .*rules\[0\]\.proxyProtocol: PROXY protocol v1 cannot carry UDP/]);
-  t.match(await problems('rules:\n  - match: { hostPort: "90-80", colour: red }\n'), [/PF_CONFIG_KEY .*rules\[0\]\.match\.colour/, /rules\[0\]\.match\.hostPort: range "90-80" ends before it starts/]);
-  t.match(await problems('drainTimeout: 5m\n'), [/drainTimeout: at most 60s/]);
+  t.matchOnly(await problems('rules: [ {'), [/^PF_CONFIG_PARSE \/c\.yaml:1:.*Flow map/, /^PF_CONFIG_PARSE \/c\.yaml:1:.*Flow sequence/]);
+  t.matchOnly(await problems('rule: []\nlog: { level: loud, file: relative.log }\n'), [/PF_CONFIG_KEY .*rule: unknown key/, /log\.level: "loud"/, /log\.file: must be an absolute path/]);
+  t.matchOnly(await problems('defaults: { netns: /proc/1/ns/net }\n'), [/PF_CONFIG_KEY .*defaults\.netns/]);
+  t.matchOnly(await problems('rules:\n  - match: { protocol: udp }\n    proxyProtocol: v1\n'), [/PF_CONFIG_VALUE .*rules\[0\]\.proxyProtocol: PROXY protocol v1 cannot carry UDP/]);
+  t.matchOnly(await problems('rules:\n  - match: { hostPort: "90-80", colour: red }\n'), [/PF_CONFIG_KEY .*rules\[0\]\.match\.colour/, /rules\[0\]\.match\.hostPort: range "90-80" ends before it starts/]);
+  t.matchOnly(await problems('drainTimeout: 5m\n'), [/drainTimeout: at most 60s/]);
   // v1 is fine for tcp, but a udp port matched by a rule without a protocol fails when it starts.
   const config = await parseDockerProxyConfig('rules:\n  - proxyProtocol: v1\n', '/c.yaml');
   t.equal(codeOf(() => mappingFor(args({ protocol: 'udp' }), config)), 'PF_CONFIG_INVALID');

@@ -1,14 +1,9 @@
 // Test fixture: throwaway network namespaces (pf-<random>) and commands run inside them.
 // Every namespace is removed in the test's teardown, also when the test fails.
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import type { Test } from 'tap';
-import { nsName, scratchNetns } from '../helpers/netns.js';
+import { scratchNetns } from '../helpers/netns.js';
 import { localRunner, prefixedRunner, type CommandResult, type CommandRunner } from '../../src/rules/apply.js';
 
-const execFileP = promisify(execFile);
-
-export { nsName };
 
 /** Creates a namespace (lo up) and registers its removal right away. */
 export function makeNs(t: Test, tag: string): string {
@@ -43,9 +38,4 @@ export async function natDump(name: string, family: 4 | 6): Promise<string> {
 export async function nftDump(name: string, family: 'ip' | 'ip6'): Promise<string> {
   const r = await inNs(name, 'nft', ['list', 'table', family, 'cni_hostport']);
   return r.code === 0 ? r.stdout : '';
-}
-
-export async function run(cmd: string, args: readonly string[]): Promise<string> {
-  const { stdout } = await execFileP(cmd, [...args]);
-  return stdout;
 }
