@@ -105,7 +105,8 @@ export function usageError(message: string): PortferryError {
 
 /** A commander parse error (unknown option, bad argument …) as PF_USAGE naming the command's --help. */
 export function usageFromCommander(err: CommanderError, program: Command, argv: readonly string[]): PortferryError {
-  const sub = program.commands.find((c) => argv.slice(2).includes(c.name()));
+  // The subcommand is the first argument (an option's value elsewhere may be spelt like one).
+  const sub = program.commands.find((c) => c.name() === argv[2]);
   const help = `portferry${sub === undefined ? '' : ` ${sub.name()}`} --help`;
   const message = err.message.replace(/^error: /, '').trim();
   return new PortferryError('PF_USAGE', message === '' ? `the command line is not valid (${err.code})` : message, {

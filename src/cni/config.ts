@@ -2,6 +2,7 @@
 // backends, and the daemon socket and dial options for the userspace one. Every problem at once.
 import { commandOnPath } from '../exec.js';
 import { PortferryError } from '../errors.js';
+import { parseBackend } from '../rules/backend.js';
 import type { CniPortMapping, PortmapOptionsInput } from '../rules/model.js';
 import type { NetConf } from './protocol.js';
 
@@ -43,9 +44,12 @@ export function pluginConf(conf: NetConf): PluginConf {
   const backendText = typed<string>('backend', (v) => typeof v === 'string', '"iptables", "nftables" or "userspace"');
   let backend: CniBackend = 'iptables';
   if (backendText === undefined) backend = defaultBackend();
-  else if (backendText === 'iptables' || backendText === 'nftables' || backendText === 'userspace') backend = backendText;
-  else if (backendText === 'nft') backend = 'nftables';
-  else problems.push(`"backend" is "${backendText}": use "iptables", "nftables" or "userspace"`);
+  else if (backendText === 'userspace') backend = 'userspace';
+  else {
+    const kernel = parseBackend(backendText);
+    if (kernel !== null) backend = kernel;
+    else problems.push(`"backend" is "${backendText}": use "iptables", "nftables" or "userspace"`);
+  }
 
   const snat = typed<boolean>('snat', isBool, 'true or false');
   const masqAll = typed<boolean>('masqAll', isBool, 'true or false');

@@ -212,8 +212,7 @@ export function renderOptionsTable(): string {
   const rows = optionSchema().map((o) => {
     const dflt = o.default === undefined ? 'none' : `\`${String(o.default)}\`${o.zero !== undefined && o.default === 0 ? ` (${o.zero})` : ''}`;
     const zero = o.zero !== undefined && o.default !== 0 ? ` (\`0\`: ${o.zero})` : '';
-    const scope = o.scope === 'mapping' ? 'mapping' : 'process';
-    return `| \`${o.key}\` | ${scope} | ${dflt} | ${o.doc}${zero} |`;
+    return `| \`${o.key}\` | ${o.scope} | ${dflt} | ${o.doc}${zero} |`;
   });
   return ['| option | scope | default | meaning |', '|---|---|---|---|', ...rows].join('\n');
 }

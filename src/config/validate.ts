@@ -8,14 +8,11 @@ import { MAPPING_OPTION_KEYS, parseMappingOptions, resolveMappingOptions, type M
 import { Invalid, describe, parsePorts } from './values.js';
 
 export { parseDuration, formatDuration } from './values.js';
-export { familyOf, canonicalIP } from '../addr.js';
 
 /** The keys that say what a mapping connects (every other key is an option of OPTIONS). */
 export const ADDRESS_KEYS = ['name', 'protocol', 'hostIP', 'hostPort', 'containerIP', 'containerPort'] as const;
 /** Every key a mapping object may carry (a file's `mappings:` items, the runtime API). */
 export const MAPPING_KEYS: readonly string[] = [...ADDRESS_KEYS, ...MAPPING_OPTION_KEYS];
-/** The per-mapping option keys (also allowed under `defaults:` in a file). */
-export const OPTION_KEYS: readonly MappingOptionKey[] = MAPPING_OPTION_KEYS;
 
 /**
  * The most listeners (bindings: host address × host port) one process may hold. A mapping without

@@ -8,7 +8,7 @@ import http from 'node:http';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ListenerStats, Protocol } from '../api.js';
 import { formatHostPort } from '../addr.js';
-import { canonicalIP } from '../config/validate.js';
+import { canonicalIP } from '../addr.js';
 import { PortferryError, errnoCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import { unprivilegedPortStart } from '../proxy/bind-error.js';

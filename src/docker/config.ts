@@ -17,7 +17,8 @@ import type { Mapping, Protocol } from '../api.js';
 import { canonicalIP, formatHostPort } from '../addr.js';
 import { parseMappingOptions, type MappingOptionValues } from '../config/options.js';
 import { readConfigFile } from '../config/read.js';
-import { OPTION_KEYS, parseDuration, throwIfProblems, validateMappings, type RawMapping } from '../config/validate.js';
+import { MAPPING_OPTION_KEYS } from '../config/options.js';
+import { parseDuration, throwIfProblems, validateMappings, type RawMapping } from '../config/validate.js';
 import { Invalid, parsePorts } from '../config/values.js';
 import { PortferryError } from '../errors.js';
 import { LOG_LEVELS, type LogLevel } from '../log.js';
@@ -32,7 +33,7 @@ const TOP_KEYS = ['defaults', 'rules', 'log', 'drainTimeout'] as const;
 const MATCH_KEYS = ['hostIP', 'hostPort', 'containerIP', 'containerPort', 'protocol'] as const;
 const LOG_KEYS = ['level', 'file', 'syslog'] as const;
 /** A docker container is dialled from the host namespace: `netns` has no meaning here. */
-const RULE_OPTION_KEYS = OPTION_KEYS.filter((k) => k !== 'netns');
+const RULE_OPTION_KEYS = MAPPING_OPTION_KEYS.filter((k) => k !== 'netns');
 
 type Options = Readonly<Record<string, unknown>>;
 type Defaults = Readonly<Partial<MappingOptionValues>>;

@@ -14,7 +14,8 @@ import { withRulesLock } from './command.js';
 import { enableRouteLocalnet, flushUdpConntrack, undoSysctl } from './host.js';
 import { iptablesBackend } from './iptables.js';
 import { nftablesBackend } from './nftables.js';
-import type { Backend, ContainerRef, RulesBackend } from './backend.js';
+import { backendProblems, type Backend, type ContainerRef, type RulesBackend } from './backend.js';
+import { PortferryError } from '../errors.js';
 
 export { localRunner, prefixedRunner, type CommandResult, type CommandRunner } from '../exec.js';
 export { backendProblems, parseBackend, type Backend, type ContainerRef, type RulesBackend } from './backend.js';
@@ -27,7 +28,14 @@ export interface ApplyResult {
   readonly warnings: readonly string[];
 }
 
+/** Every apply and check refuses what the backend cannot take before any command runs (callers may check earlier for their own wording). */
+function refuseWhatBackendCannotTake(input: PortmapInput, backend: Backend): void {
+  const problems = backendProblems(input, backend);
+  if (problems.length > 0) throw new PortferryError('PF_CONFIG_INVALID', `the ${backend} backend cannot take these rules; nothing was changed`, { problems });
+}
+
 export async function applyRules(input: PortmapInput, backend: Backend, runner: CommandRunner = localRunner): Promise<ApplyResult> {
+  refuseWhatBackendCannotTake(input, backend);
   if (input.targets.length === 0) return { scripts: [], warnings: [...input.warnings] };
   const scripts = await withRulesLock(async () => {
     const undo = await enableRouteLocalnet(runner, input);
@@ -49,6 +57,7 @@ export interface CheckResult {
 }
 
 export async function checkRules(input: PortmapInput, backend: Backend, runner: CommandRunner = localRunner): Promise<CheckResult> {
+  refuseWhatBackendCannotTake(input, backend);
   const missing = await BACKENDS[backend].check(input, runner);
   return { ok: missing.length === 0, missing };
 }
