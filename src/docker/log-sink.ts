@@ -5,13 +5,13 @@
 // sockets, so lines are handed to util-linux `logger(1)`: one short-lived process per burst of
 // lines, one at a time, at most MAX_QUEUED lines waiting (more are dropped and counted). With the
 // default level (error) that is nothing at all until something goes wrong.
-import { spawn } from 'node:child_process';
+import { commandOnPath, execCommand } from '../exec.js';
 import { closeSync, existsSync, openSync, writeSync } from 'node:fs';
-import path from 'node:path';
 import type { DestinationStream } from 'pino';
 import { PortferryError, errnoCode } from '../errors.js';
 import type { LogSettings } from './config.js';
 
+const LOGGER_TIMEOUT_MS = 5_000;
 const TAG = 'portferry-docker-proxy';
 const DEV_LOG = '/dev/log';
 const MAX_QUEUED = 200;
@@ -27,12 +27,7 @@ export interface LogSink {
 
 /** The `logger` program on PATH, when /dev/log exists too; else null. */
 export function findSyslog(env: NodeJS.ProcessEnv = process.env): string | null {
-  if (!existsSync(DEV_LOG)) return null;
-  for (const dir of (env['PATH'] ?? '/usr/bin:/bin').split(':')) {
-    const candidate = path.join(dir || '.', 'logger');
-    if (existsSync(candidate)) return candidate;
-  }
-  return null;
+  return existsSync(DEV_LOG) && commandOnPath('logger', env['PATH']) ? 'logger' : null;
 }
 
 /** Log lines to the syslog socket `socket` through the `logger` program at `logger`. */
@@ -73,11 +68,8 @@ export class SyslogDestination implements DestinationStream {
       lines.push(`{"msg":"${this.dropped} log lines dropped: syslog could not keep up"}`);
       this.dropped = 0;
     }
-    const child = spawn(this.logger, ['-u', this.socket, `--id=${process.pid}`, '-t', TAG, '-p', `daemon.${first.priority}`], { stdio: ['pipe', 'ignore', 'ignore'] });
-    child.on('error', () => this.next());
-    child.on('close', () => this.next());
-    child.stdin.on('error', () => {});
-    child.stdin.end(`${lines.join('\n')}\n`);
+    // Bounded: a `logger` that hangs is killed, and the queue moves on.
+    void execCommand([this.logger, '-u', this.socket, `--id=${process.pid}`, '-t', TAG, '-p', `daemon.${first.priority}`], { input: `${lines.join('\n')}\n`, timeoutMs: LOGGER_TIMEOUT_MS }).then(() => this.next());
   }
 
   flush(timeoutMs: number): Promise<void> {
