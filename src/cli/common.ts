@@ -34,11 +34,6 @@ export function logFormatArg(value: string): LogFormat {
 export { formatDuration } from '../config/index.js';
 
 /** --proxy-protocol for commands that keep their own flag (ports): the table's own parser. */
-export function proxyProtocolArg(value: string): 'v1' | 'v2' {
-  const v = OPTIONS.proxyProtocol.parse(value);
-  if (v === 'v1' || v === 'v2') return v;
-  throw new InvalidArgumentError('use v1 or v2');
-}
 
 /**
  * A duration option whose default shows in --help as written (`(default: 10s)`, not 10000):
@@ -58,6 +53,11 @@ export function mappingOptions(cmd: Command): Command {
     .option('-p, --publish <spec>', 'publish a port: [hostIP:]hostPort[-end]:containerIP:containerPort[-end][/tcp|/udp] (repeatable)', collect)
     .option('-c, --config <file>', 'YAML config file with a `mappings` list (or CNI JSON with runtimeConfig.portMappings); a regular file of at most 1 MiB')
     .option('--container-ip <ip>', 'container address for a CNI portMappings file (which carries none)');
+  return optionFlags(cmd);
+}
+
+/** A flag for every per-mapping option of the table that has one (run, validate, ports add). */
+export function optionFlags(cmd: Command): Command {
   for (const key of MAPPING_OPTION_KEYS) {
     const flag = (OPTIONS[key] as { flag?: { spec: string; help: string } }).flag;
     if (flag !== undefined) cmd.option(flag.spec, flag.help);

@@ -4,10 +4,10 @@
 import type { Command } from 'commander';
 import type { ListenerStats } from '../api.js';
 import { formatHostPort } from '../addr.js';
-import { loadMappings, mappingToObject } from '../config/index.js';
+import { mappingToObject } from '../config/index.js';
 import { ApiClient, defaultApiSocket, type MappingStats, type MappingStatus } from '../control/client.js';
 import { CATALOGUE, PortferryError, isPortferryError } from '../errors.js';
-import { EXIT_OK, proxyProtocolArg, reportError, usageError } from './common.js';
+import { EXIT_OK, loadFromFlags, optionFlags, reportError, usageError, type MappingFlags } from './common.js';
 
 interface ClientFlags {
   readonly api: string;
@@ -95,21 +95,14 @@ async function list(client: ApiClient, flags: ClientFlags & { owner?: string }):
   return table(['ID', 'NAME', 'OWNER', 'PROTO', 'HOST', 'CONTAINER', 'ACTIVE', 'IN', 'OUT'], rows);
 }
 
-interface AddFlags extends ClientFlags {
+interface AddFlags extends ClientFlags, Omit<MappingFlags, 'publish'> {
   readonly owner?: string;
-  readonly config?: string;
-  readonly proxyProtocol?: 'v1' | 'v2';
-  readonly netns?: string;
 }
 
 async function add(client: ApiClient, flags: AddFlags, specs: string[]): Promise<string | object> {
   if (flags.owner === '') throw usageError('--owner must not be empty');
   // The same validation as `portferry run -p … -c …`: every problem is reported before anything is sent.
-  const mappings = await loadMappings({
-    specs,
-    ...(flags.config !== undefined ? { file: flags.config } : {}),
-    specOptions: { ...(flags.proxyProtocol !== undefined ? { proxyProtocol: flags.proxyProtocol } : {}), ...(flags.netns !== undefined ? { netns: flags.netns } : {}) },
-  });
+  const mappings = await loadFromFlags({ ...flags, publish: specs });
   const added = await client.addMappings(mappings.map(mappingToObject), flags.owner);
   if (flags.json === true) return { mappings: added };
   return `added ${added.length} mapping${added.length === 1 ? '' : 's'}\n${table(['ID', 'NAME', 'OWNER', 'PROTO', 'HOST', 'CONTAINER'], added.map(mappingCells))}`;
@@ -146,12 +139,11 @@ export function registerPortsCommand(program: Command): void {
   clientOptions(ports.command('ls').description('list the mappings with their traffic (ACTIVE: connections or flows open; IN: bytes to the container; OUT: bytes to clients)'))
     .option('--owner <owner>', 'only the mappings of this owner')
     .action(action(list));
-  clientOptions(ports.command('add').description('add mappings, all or nothing: -p style specs and/or a YAML file\'s mappings').argument('[specs...]', '[hostIP:]hostPort[-end]:containerIP:containerPort[-end][/tcp|/udp]'))
+  const addCmd = clientOptions(ports.command('add').description('add mappings, all or nothing: -p style specs and/or a YAML file\'s mappings').argument('[specs...]', '[hostIP:]hostPort[-end]:containerIP:containerPort[-end][/tcp|/udp]'))
     .option('-c, --config <file>', 'a YAML file with a `mappings` list (the same schema as `run -c`)')
-    .option('--owner <owner>', 'label the new mappings with this owner (a container id, say)')
-    .option('--proxy-protocol <version>', 'send a PROXY protocol header (v1|v2) on the spec mappings', proxyProtocolArg)
-    .option('--netns <path>', 'dial the spec mappings\' containers from inside this network namespace')
-    .action(action(add));
+    .option('--owner <owner>', 'label the new mappings with this owner (a container id, say)');
+  // Every per-mapping option flag of the table, applied to the spec mappings (as `run -p` does).
+  optionFlags(addCmd).action(action(add));
   clientOptions(ports.command('rm').description('remove mappings by id, or every mapping of an owner').argument('[ids...]', 'mapping ids (see `ports ls`)'))
     .option('--owner <owner>', 'remove every mapping of this owner')
     .action(action(remove));

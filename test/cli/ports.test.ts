@@ -66,7 +66,8 @@ t.test('bad input is refused before anything is sent: bad spec, bad id, ids and 
   t.equal((await ports(t, 'rm', '--api', api)).code, 2, 'neither ids nor --owner');
   t.equal((await ports(t, 'rm', '1', '--owner', 'a', '--api', api)).code, 2, 'both ids and --owner');
   const pp = await ports(t, 'add', '8080:10.0.0.1:80', '--proxy-protocol', 'v3', '--api', api);
-  t.equal(pp.code, 2, 'a bad flag value is a usage error');
+  t.equal(pp.code, 1, 'a bad option value is refused as `run` refuses it, nothing sent');
+  t.match(pp.stderr, /PF_CONFIG_VALUE: .*proxyProtocol/);
 });
 
 t.test('add, traffic, ls with counters, --json, owners, conflicts, rm — against a live daemon', async (t) => {
