@@ -9,9 +9,9 @@ import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ListenerStats, Protocol } from '../api.js';
 import { formatHostPort } from '../addr.js';
 import { canonicalIP } from '../addr.js';
-import { PortferryError, errnoCode } from '../errors.js';
+import { PortferryError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { unprivilegedPortStart } from '../proxy/bind-error.js';
+import { bindFailure } from '../proxy/bind-error.js';
 
 export interface MetricsRow {
   /** The mapping's name (the `mapping` label). */
@@ -136,30 +136,7 @@ export function parseMetricsAddress(text: string): { host: string; port: number 
 }
 
 function listenError(err: unknown, host: string, port: number): PortferryError {
-  const errno = errnoCode(err) ?? 'unknown';
-  const where = `cannot serve metrics on ${formatHostPort(host, port)}`;
-  const details = { address: formatHostPort(host, port), errno };
-  switch (errno) {
-    case 'EADDRINUSE':
-      return new PortferryError('PF_BIND_ADDRINUSE', `${where}: the address is already in use`, {
-        cause: err,
-        details,
-        hint: `Stop whatever holds the port (\`ss -ltnp 'sport = :${port}'\` shows it) or give --metrics another port.`,
-      });
-    case 'EACCES':
-    case 'EPERM': {
-      const start = unprivilegedPortStart();
-      return new PortferryError('PF_BIND_EACCES', `${where}: permission denied (net.ipv4.ip_unprivileged_port_start is ${start ?? 'unreadable'})`, {
-        cause: err,
-        details,
-        hint: `Give --metrics a port of ${start ?? 1024} or above, or grant CAP_NET_BIND_SERVICE.`,
-      });
-    }
-    case 'EADDRNOTAVAIL':
-      return new PortferryError('PF_BIND_ADDRNOTAVAIL', `${where}: ${host} is not an address of this host`, { cause: err, details });
-    default:
-      return new PortferryError('PF_BIND_FAILED', `${where}: ${errno}`, { cause: err, details });
-  }
+  return bindFailure(err, { ip: host, port }, { lead: `cannot serve metrics on ${formatHostPort(host, port)}`, instead: 'give --metrics another port' });
 }
 
 /** Serves the registry at GET /metrics until close(). Rejects with a coded error when it cannot bind. */

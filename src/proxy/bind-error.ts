@@ -22,50 +22,47 @@ export function unprivilegedPortStart(): number | null {
  * it differs from `binding.host` (a listener on 0.0.0.0 may bind one socket per local address).
  */
 export function bindError(err: unknown, binding: Binding, address: Endpoint = binding.host): PortferryError {
-  const errno = errnoCode(err) ?? 'unknown';
   const proto = binding.mapping.protocol;
-  const where = `${proto} ${formatEndpoint(address)}`;
   const mapping = `mapping "${binding.mapping.name}" (${binding.mapping.source})`;
-  const details = {
-    mapping: binding.mapping.name,
-    source: binding.mapping.source,
-    protocol: proto,
-    address: formatEndpoint(address),
-    errno,
-  };
+  return bindFailure(err, address, {
+    lead: `cannot bind ${proto} ${formatEndpoint(address)} for ${mapping}`,
+    instead: `choose another host port for ${mapping}`,
+    details: { mapping: binding.mapping.name, source: binding.mapping.source, protocol: proto },
+  });
+}
+
+/**
+ * Any failed bind or listen (a mapping's listener, the metrics endpoint) → PF_BIND_*: `lead` says
+ * what could not be bound, `instead` what else the user may do about a port in use.
+ */
+export function bindFailure(err: unknown, address: Endpoint, o: { lead: string; instead: string; details?: Record<string, unknown> }): PortferryError {
+  const errno = errnoCode(err) ?? 'unknown';
+  const details = { ...o.details, address: formatEndpoint(address), errno };
   switch (errno) {
     case 'EADDRINUSE':
-      return new PortferryError('PF_BIND_ADDRINUSE', `cannot bind ${where} for ${mapping}: the address is already in use`, {
+      return new PortferryError('PF_BIND_ADDRINUSE', `${o.lead}: the address is already in use`, {
         cause: err,
         details,
         // The catalogue's hint, with the real port (docs/errors.md shows the same command).
-        hint: CATALOGUE.PF_BIND_ADDRINUSE.fix.replace(':PORT', `:${address.port}`).replace(/\.$/, ` for ${mapping}.`),
+        hint: CATALOGUE.PF_BIND_ADDRINUSE.fix.replace(':PORT', `:${address.port}`).replace(/choose another host port\.$/, `${o.instead}.`),
       });
     case 'EACCES':
     case 'EPERM': {
       const start = unprivilegedPortStart();
       const startText = start === null ? 'unreadable' : String(start);
-      return new PortferryError(
-        'PF_BIND_EACCES',
-        `cannot bind ${where} for ${mapping}: permission denied (port ${address.port}; net.ipv4.ip_unprivileged_port_start is ${startText})`,
-        {
-          cause: err,
-          details: { ...details, unprivilegedPortStart: start },
-          hint:
-            start === null
-              ? 'Run portferry with CAP_NET_BIND_SERVICE, or use a host port of 1024 or above.'
-              : `Use a host port of ${start} or above, or lower the limit: \`sysctl -w net.ipv4.ip_unprivileged_port_start=${address.port}\`, or grant CAP_NET_BIND_SERVICE.`,
-        },
-      );
+      return new PortferryError('PF_BIND_EACCES', `${o.lead}: permission denied (port ${address.port}; net.ipv4.ip_unprivileged_port_start is ${startText})`, {
+        cause: err,
+        details: { ...details, unprivilegedPortStart: start },
+        hint:
+          start === null
+            ? 'Run portferry with CAP_NET_BIND_SERVICE, or use a port of 1024 or above.'
+            : `Use a port of ${start} or above, or lower the limit: \`sysctl -w net.ipv4.ip_unprivileged_port_start=${address.port}\`, or grant CAP_NET_BIND_SERVICE.`,
+      });
     }
     case 'EADDRNOTAVAIL':
-      return new PortferryError(
-        'PF_BIND_ADDRNOTAVAIL',
-        `cannot bind ${where} for ${mapping}: ${address.ip} is not an address of this host (or of this network namespace)`,
-        { cause: err, details },
-      );
+      return new PortferryError('PF_BIND_ADDRNOTAVAIL', `${o.lead}: ${address.ip} is not an address of this host (or of this network namespace)`, { cause: err, details });
     default:
-      return new PortferryError('PF_BIND_FAILED', `cannot bind ${where} for ${mapping}: ${errno}`, { cause: err, details });
+      return new PortferryError('PF_BIND_FAILED', `${o.lead}: ${errno}`, { cause: err, details });
   }
 }
 

@@ -192,7 +192,7 @@ t.test('bind failures are coded: a taken port is PF_BIND_ADDRINUSE naming the ad
   await t.rejects(startMetricsServer({ host: '127.0.0.1', port: holder.port, collect: () => [], logger: silentLogger() }), {
     code: 'PF_BIND_ADDRINUSE',
     message: new RegExp(`cannot serve metrics on 127\\.0\\.0\\.1:${holder.port}: the address is already in use`),
-    hint: /ss -ltnp .*--metrics another port/,
+    hint: /ss -lntup .*--metrics another port/,
   });
   // Nothing is sent there: binding a TEST-NET address that is not on this host fails at bind().
   await t.rejects(startMetricsServer({ host: '192.0.2.1', port: 0, collect: () => [], logger: silentLogger() }), { code: 'PF_BIND_ADDRNOTAVAIL', message: /192\.0\.2\.1 is not an address of this host/ });
