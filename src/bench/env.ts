@@ -63,7 +63,7 @@ export function withNofile(argv: readonly string[]): [string, string[]] {
 }
 
 /** Where `--install-peers` puts a docker-proxy taken out of the docker.io package (never dockerd). */
-export const DOCKER_PROXY_CACHE = '/var/cache/portferry-bench/docker-proxy';
+const DOCKER_PROXY_CACHE = '/var/cache/portferry-bench/docker-proxy';
 
 export function findDockerProxy(explicit?: string): string | null {
   const candidates = [explicit, process.env['PORTFERRY_DOCKER_PROXY'], '/usr/sbin/docker-proxy', '/usr/libexec/docker/docker-proxy', '/usr/bin/docker-proxy', which('docker-proxy') ?? undefined, DOCKER_PROXY_CACHE];
@@ -73,11 +73,10 @@ export function findDockerProxy(explicit?: string): string | null {
 
 export const NGINX_STREAM_MODULE = '/usr/lib/nginx/modules/ngx_stream_module.so';
 
-/** Debian packages of the load tools (needed) and peers (optional). */
-export const LOAD_TOOLS: Readonly<Record<string, string>> = { iperf3: 'iperf3', cc: 'gcc', prlimit: 'util-linux', nsenter: 'util-linux', taskset: 'util-linux', ip: 'iproute2', ss: 'iproute2', iptables: 'iptables', nft: 'nftables' };
-export const PEER_PACKAGES = ['socat', 'haproxy', 'nginx', 'libnginx-mod-stream'] as const;
+/** Debian packages of the load tools the bench needs. */
+const LOAD_TOOLS: Readonly<Record<string, string>> = { iperf3: 'iperf3', cc: 'gcc', prlimit: 'util-linux', nsenter: 'util-linux', taskset: 'util-linux', ip: 'iproute2', ss: 'iproute2', iptables: 'iptables', nft: 'nftables' };
 
-export function missingLoadTools(): string[] {
+function missingLoadTools(): string[] {
   return Object.keys(LOAD_TOOLS).filter((t) => which(t) === null);
 }
 

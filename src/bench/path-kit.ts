@@ -49,7 +49,7 @@ export function hostPorts(name: PathName): { bulk: number; tcp: number; udp: num
   return { bulk: base, tcp: base + 1, udp: base + 2 };
 }
 
-export function targetsFor(topology: Topology, name: PathName): { client: Target; local: Target } {
+function targetsFor(topology: Topology, name: PathName): { client: Target; local: Target } {
   const p = hostPorts(name);
   return {
     client: { ns: 'client', ip: topology.addrs.hostClient4, bulkPort: p.bulk, tcpPort: p.tcp, udpPort: p.udp },

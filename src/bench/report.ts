@@ -49,7 +49,7 @@ function num(v: number, digits = 3): string {
 }
 
 /** The text of a cell in the table (without footnote markers). */
-export function cellText(c: Cell): string {
+function cellText(c: Cell): string {
   if (c.status === 'skipped') return `n/a`;
   if (c.status === 'failed') return 'FAILED';
   const m = c.metrics ?? {};

@@ -73,7 +73,7 @@ function mappingCells(m: MappingStatus): string[] {
 }
 
 /** The traffic of a mapping: its listeners' counters added up. */
-export function trafficOf(s: MappingStats | undefined): { active: number; bytesIn: number; bytesOut: number } {
+function trafficOf(s: MappingStats | undefined): { active: number; bytesIn: number; bytesOut: number } {
   const all = (s?.listeners ?? []).map((l) => l.stats as unknown as ListenerStats);
   const sum = (f: (x: ListenerStats) => number): number => all.reduce((n, x) => n + f(x), 0);
   return {

@@ -2,7 +2,7 @@
 // demo make namespaces, veth pairs, rules and processes). Signals belong to the CLI: the modules
 // below it (netns/topology, bench) only offer cleanup functions and AbortSignals.
 
-export const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 export type StopSignal = (typeof STOP_SIGNALS)[number];
 
 export interface HeldSignals {

@@ -8,7 +8,7 @@ import { checkNetnsPaths } from '../forwarder/dialers.js';
 import { EXIT_OK, describeMapping, loadFromFlags, mappingOptions, reportError, type MappingFlags } from './common.js';
 
 /** What `run` finds out only by binding and dialling. */
-export const NOT_CHECKED =
+const NOT_CHECKED =
   'not checked (only `run` can tell): that each host address and port is free and this user may bind it, that each host IP is an address of this host, that portferry may enter each netns, and that the containers answer';
 
 export function registerValidateCommand(program: Command): void {

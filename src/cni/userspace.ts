@@ -17,7 +17,7 @@ function client(call: CniCall): ApiClient {
   return new ApiClient(call.plugin.api ?? defaultApiSocket());
 }
 
-export function ownerOf(containerID: string, ifname: string): string {
+function ownerOf(containerID: string, ifname: string): string {
   return `${containerID}/${ifname}`;
 }
 
@@ -33,7 +33,7 @@ type MappingObject = Record<string, string | number>;
  * container has only that one: userspace forwarding crosses families). With dialInNetns the
  * daemon dials from inside CNI_NETNS, to that address or, without one, to loopback.
  */
-export function mappingObjects(call: CniCall): MappingObject[] {
+function mappingObjects(call: CniCall): MappingObject[] {
   const prev = call.conf.prevResult;
   if (prev === null) {
     throw new PortferryError('PF_CNI_CONFIG', `${call.env.command} needs prevResult: portferry is a chained plugin (put it after the bridge/ptp plugin in the conflist)`);

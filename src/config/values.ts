@@ -20,7 +20,7 @@ export function describe(value: unknown): string {
 
 const DURATION_UNITS: Readonly<Record<string, number>> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
 /** The longest duration any option takes. */
-export const MAX_DURATION_MS = 7 * 24 * 3_600_000;
+const MAX_DURATION_MS = 7 * 24 * 3_600_000;
 
 /** `500ms`, `5s`, `2m`, `1h`, `1.5s` → milliseconds. `0` (number or string) → 0 when allowZero. */
 export function parseDuration(value: unknown, allowZero: boolean): number | string {
@@ -53,7 +53,7 @@ export function durationParser(allowZero: boolean): (value: unknown) => number |
 }
 
 /** The largest count any option takes. */
-export const MAX_COUNT = 10_000_000;
+const MAX_COUNT = 10_000_000;
 
 /** A whole number from `min` to MAX_COUNT (a string of digits too). */
 export function countParser(min: number): (value: unknown) => number | Invalid {

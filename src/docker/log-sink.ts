@@ -26,7 +26,7 @@ export interface LogSink {
 }
 
 /** The `logger` program on PATH, when /dev/log exists too; else null. */
-export function findSyslog(env: NodeJS.ProcessEnv = process.env): string | null {
+function findSyslog(env: NodeJS.ProcessEnv = process.env): string | null {
   return existsSync(DEV_LOG) && commandOnPath('logger', env['PATH']) ? 'logger' : null;
 }
 

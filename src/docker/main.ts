@@ -31,7 +31,7 @@ const FLUSH_MS = 1_000;
  * flag cannot tell them apart; the kind can: libuv opens an epoll fd, eventfds and pipes of which it
  * holds both ends, never a socket and never the lone write end of a pipe (dockerd's status pipe).
  */
-export function passedFd(fd: number): 'socket' | 'pipe' | 'other' | null {
+function passedFd(fd: number): 'socket' | 'pipe' | 'other' | null {
   const target = (n: number | string): string | null => {
     try {
       return readlinkSync(`/proc/self/fd/${n}`);
@@ -57,7 +57,7 @@ export function passedFd(fd: number): 'socket' | 'pipe' | 'other' | null {
 }
 
 /** One line for dockerd ("Error starting userland proxy: <this>"). */
-export function statusMessage(err: PortferryError): string {
+function statusMessage(err: PortferryError): string {
   if (err.problems.length === 0) return `${err.code}: ${err.message} (hint: ${err.hint})`;
   return `${err.code}: ${err.message}: ${err.problems.map((p) => `${p.code}: ${p.message}`).join('; ')}`;
 }

@@ -35,7 +35,7 @@ export function parseBackend(text: string): Backend | null {
 }
 
 /** nftables refuses rule comments over 128 characters; the container ID is the comment. */
-export const NFT_COMMENT_MAX = 128;
+const NFT_COMMENT_MAX = 128;
 
 /**
  * What a backend cannot take, found before any command runs: every problem at once (the plugin's

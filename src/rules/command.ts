@@ -68,7 +68,7 @@ export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (t:
 // so there is no stale lock file. Abstract names are per network namespace, like the tables.
 const LOCK_NAME = '\0portferry-rules-lock';
 const LOCK_POLL_MS = 20;
-export const LOCK_WAIT_MS = 20_000;
+const LOCK_WAIT_MS = 20_000;
 
 function tryLock(): Promise<net.Server | null> {
   return new Promise((resolve, reject) => {
