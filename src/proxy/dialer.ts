@@ -7,6 +7,7 @@ import dgram from 'node:dgram';
 import type { Endpoint } from '../api.js';
 import { canonicalIP, formatEndpoint } from '../addr.js';
 import { PortferryError, errnoCode } from '../errors.js';
+import { rawUdp } from '../internals.js';
 
 export interface DialOptions {
   /** Give up after this long (ms) with PF_DIAL_TIMEOUT. */
@@ -213,6 +214,7 @@ export function openConnectedUdp(target: Endpoint): Promise<UdpChannel> {
 export function wrapDgram(socket: dgram.Socket, unconnectedTarget?: Endpoint): UdpChannel {
   let closed = false;
   let errorHandler: (err: Error) => void = () => {};
+  let messageHandler: (msg: Buffer) => void = () => {};
   socket.on('error', (err) => errorHandler(err));
   // No send callback: with one, dgram schedules a process.nextTick per datagram (~2 % of the
   // forwarder's CPU at full rate in a perf profile). ICMP errors still arrive, as 'error' events.
@@ -220,20 +222,35 @@ export function wrapDgram(socket: dgram.Socket, unconnectedTarget?: Endpoint): U
   // rinfo.address is canonical text; compare with the target written the same way (a sender that
   // does not match at once is canonicalised too: libuv writes a few rare forms its own way).
   const wanted = target === undefined ? '' : (canonicalIP(target.ip) ?? target.ip);
+  const fromTarget = (address: string, port: number): boolean => port === target?.port && (address === wanted || canonicalIP(address) === wanted);
+  // Datagrams through the socket's handle when that fast path is on (src/internals.ts, rawUdp).
+  const raw = rawUdp(socket, target === undefined ? (msg) => messageHandler(msg) : (msg, address, port) => {
+    if (fromTarget(address, port)) messageHandler(msg);
+  });
+  if (raw === null) {
+    if (target === undefined) socket.on('message', (msg) => messageHandler(msg));
+    else socket.on('message', (msg, rinfo) => {
+      if (fromTarget(rinfo.address, rinfo.port)) messageHandler(msg);
+    });
+  }
   return {
     send(payload) {
       if (closed) return;
-      if (target === undefined) socket.send(payload as Buffer[]);
-      else socket.send(payload as Buffer[], target.port, target.ip);
+      if (raw === null) {
+        if (target === undefined) socket.send(payload as Buffer[]);
+        else socket.send(payload as Buffer[], target.port, target.ip);
+      } else if (Buffer.isBuffer(payload)) {
+        if (target === undefined) raw.send(payload);
+        else raw.sendTo(payload, target.port, target.ip);
+      } else if (target === undefined) raw.sendList(payload);
+      else raw.sendListTo(payload, target.port, target.ip);
     },
     queued() {
-      return closed ? 0 : socket.getSendQueueCount();
+      if (closed) return 0;
+      return raw !== null ? raw.queued() : socket.getSendQueueCount();
     },
     onMessage(handler) {
-      if (target === undefined) socket.on('message', handler);
-      else socket.on('message', (msg, rinfo) => {
-        if (rinfo.port === target.port && (rinfo.address === wanted || canonicalIP(rinfo.address) === wanted)) handler(msg);
-      });
+      messageHandler = handler;
     },
     onError(handler) {
       errorHandler = handler;

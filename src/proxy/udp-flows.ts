@@ -15,7 +15,6 @@
 // nothing blocks and nothing is reordered. The bounds: the host socket's receive buffer (the kernel
 // drops), the queue of a flow being opened, and the sends a socket could not take at once
 // (`QUEUED_SENDS_MAX`, checked before each send).
-import type dgram from 'node:dgram';
 import type { Binding, Family } from '../api.js';
 import { PortferryError, errnoCode } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -111,15 +110,15 @@ export class UdpFlows {
   }
 
   /** A client datagram that arrived on `hs`. */
-  fromClient(hs: HostSocket, msg: Buffer, rinfo: dgram.RemoteInfo): void {
+  fromClient(hs: HostSocket, msg: Buffer, address: string, port: number): void {
     const now = Date.now();
-    let flow = this.table.get(rinfo.address, rinfo.port);
+    let flow = this.table.get(address, port);
     if (flow === undefined) {
       if (!this.accepting) {
         this.counters.drop('closing');
         return;
       }
-      flow = this.open(rinfo.address, rinfo.port, hs, now);
+      flow = this.open(address, port, hs, now);
       if (flow === undefined) return;
     } else {
       this.table.touch(flow, now);
@@ -168,7 +167,8 @@ export class UdpFlows {
       c.drop('send-error');
       return;
     }
-    if (hs.socket.getSendQueueCount() >= QUEUED_SENDS_MAX) {
+    const raw = hs.raw;
+    if ((raw !== null ? raw.queued() : hs.socket.getSendQueueCount()) >= QUEUED_SENDS_MAX) {
       c.drop('reply-queue-full');
       return;
     }
@@ -178,7 +178,8 @@ export class UdpFlows {
     c.datagramsToClient++;
     c.bytesToClient += msg.length;
     // No callback: one costs a process.nextTick per datagram (see wrapDgram).
-    hs.socket.send(msg, flow.port, flow.ip);
+    if (raw !== null) raw.sendTo(msg, flow.port, flow.ip);
+    else hs.socket.send(msg, flow.port, flow.ip);
   }
 
   private tooBigForHeader(flow: Flow, headerBytes: number, payloadBytes: number): void {

@@ -29,6 +29,7 @@ import type { Binding, Endpoint, Family } from '../api.js';
 import { PortferryError, errnoCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import { formatEndpoint, isUnspecified } from '../addr.js';
+import { rawUdp, type RawUdp } from '../internals.js';
 import { bindError } from './bind-error.js';
 import type { RateLimitedWarner } from './warn.js';
 
@@ -37,10 +38,13 @@ export interface HostSocket {
   readonly socket: dgram.Socket;
   readonly local: Endpoint;
   closed: boolean;
+  /** Sends through the socket's handle (src/internals.ts, rawUdp); null: the public dgram path. */
+  raw: RawUdp | null;
 }
 
 export interface HostSocketEvents {
-  message(hs: HostSocket, msg: Buffer, rinfo: dgram.RemoteInfo): void;
+  /** A client datagram (from address:port, as the kernel reports it). */
+  message(hs: HostSocket, msg: Buffer, address: string, port: number): void;
   /** The socket's address went away: the socket is closed; flows on it must end. */
   gone(hs: HostSocket): void;
 }
@@ -162,7 +166,7 @@ export class HostSockets {
       socket.once('error', onBindError);
       socket.bind(this.fd !== undefined ? { fd: this.fd } : { port, address: ip, exclusive: true }, () => {
         socket.off('error', onBindError);
-        const hs: HostSocket = { socket, local: { ip, port: socket.address().port }, closed: false };
+        const hs: HostSocket = { socket, local: { ip, port: socket.address().port }, closed: false, raw: null };
         if (this.closed) {
           closeHostSocket(hs);
           reject(new PortferryError('PF_BIND_FAILED', `udp ${formatEndpoint(hs.local)} was closed while it was being bound`));
@@ -170,7 +174,9 @@ export class HostSockets {
         }
         const events = this.events;
         socket.on('error', (e) => this.warner.warn(`host:${errnoCode(e) ?? 'error'}`, { errno: errnoCode(e) ?? e.message, address: formatEndpoint(hs.local) }, 'udp host socket error'));
-        socket.on('message', (msg, rinfo) => events.message(hs, msg, rinfo));
+        // Datagrams through the handle when the fast path is on (no 'message' event, no rinfo).
+        hs.raw = rawUdp(socket, (msg, address, clientPort) => events.message(hs, msg, address, clientPort));
+        if (hs.raw === null) socket.on('message', (msg, rinfo) => events.message(hs, msg, rinfo.address, rinfo.port));
         this.sockets.set(ip, hs);
         resolve(hs);
       });

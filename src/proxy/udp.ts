@@ -70,7 +70,7 @@ export class UdpListener implements Listener {
       net.isIPv6(binding.host.ip) ? 6 : 4,
       deps.logger,
       warner,
-      { message: (hs, msg, rinfo) => flows.fromClient(hs, msg, rinfo), gone: (hs) => flows.hostGone(hs) },
+      { message: (hs, msg, address, port) => flows.fromClient(hs, msg, address, port), gone: (hs) => flows.hostGone(hs) },
       deps.addressRescanMs,
       deps.fd,
     );

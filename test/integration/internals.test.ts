@@ -63,6 +63,7 @@ t.test('self-test: every fast path is on here, and says what it relies on', asyn
   const report = await selfTest();
   t.match(report.bulkReads, { on: true, why: /useUserBuffer/ }, 'bulk reads into our own buffers');
   t.match(report.udp6Connect, { on: true, why: /connect6/ }, 'connect6 for udp6 sockets received over IPC');
+  t.match(report.rawUdp, { on: true, why: /udp_wrap/ }, 'datagrams through the UDP handle (udp-fast.test.ts tests its use)');
 });
 
 t.test('bulkReads is used by the relay (a bulk transfer reads into its own buffers)', async (t) => {
