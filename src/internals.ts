@@ -14,6 +14,15 @@
 //    `connect`, so connecting a received udp6 socket calls the IPv4 connect and fails with EINVAL.
 //    The fix points the handle's `connect` at `connect6` (found through dgram's `state symbol`).
 //    Fallback: the caller uses the socket unconnected (every send names the target).
+// 3. rawTcp — TCP connections on bare libuv handles (RawSocket): no net.Socket, stream, event
+//    emitter or per-connection closure; Node's connection machinery was most of the CPU a
+//    connection cost outside the kernel (docs/architecture.md, "TCP data path"). It relies on
+//    process.binding('tcp_wrap') (TCP, TCPConnectWrap) and ('stream_wrap') (WriteWrap,
+//    ShutdownWrap, streamBaseState and its indices) and on net.Server's `_handle.onconnection`.
+//    Fallback: acceptRaw hands over net.Sockets (also when the path is turned off at runtime) and
+//    the listener relays them with src/proxy/relay.ts.
+// Over 350 lines on purpose: the project's rule is that every use of internals lives in this one
+// module.
 import dgram from 'node:dgram';
 import net from 'node:net';
 import util from 'node:util';

@@ -15,6 +15,8 @@
 // - While dialling, the client is read already: its first bytes wait here (at most 64 KiB, then
 //   reading pauses) and are written after the PROXY header; a reset from the client aborts the
 //   dial, a FIN is remembered and passed on once the container is connected.
+// Over 350 lines: the connection's whole life (dial, early bytes, both directions, the bulk ring,
+// timers, its end) is one state machine, kept in one file.
 import { getSystemErrorName } from 'node:util';
 import type { RelayEndReason, RelayResult } from '../api.js';
 import { RawSocket, type RawSocketOwner } from '../internals.js';

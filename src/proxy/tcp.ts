@@ -1,5 +1,9 @@
-// A TCP listener for one binding: accept (paused) → connection limit → dial the container (direct
+// A TCP listener for one binding: accept → connection limit → dial the container (direct
 // or through a namespace helper, bounded by connectTimeout) → PROXY header if configured → relay.
+//
+// Two connection paths (docs/architecture.md, "TCP data path"): raw connections (RawConnection,
+// for direct dials while the rawTcp fast path is on) and net.Socket relays (namespace dials; the
+// fallback). Over 350 lines because both share this listener's counters, limits and drain.
 //
 // Ownership: the listener owns its server, the connections being dialled and the live relays;
 // close() stops accepting and lets relays finish for a grace period, destroy() aborts them all.

@@ -227,7 +227,7 @@ t.test('bytes and a FIN sent while the container is being dialled arrive intact 
   const payloads = [randomPayload(300 * 1024), Buffer.from('short request')];
   const clients = await Promise.all(payloads.map(() => connect(fwd.port())));
   const replies = clients.map((c) => readAll(c));
-  clients.forEach((c, i) => c.end(payloads[i]));
+  clients.forEach((c, i) => c.end(payloads[i] as Buffer));
   await until(() => active() === 2, 5000, 'both connections to be dialling');
   await new Promise((r) => setTimeout(r, 300)); // their bytes and FINs reach the forwarder meanwhile
   t.equal(active(), 2, 'still dialling: the container has not answered');
