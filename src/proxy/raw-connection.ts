@@ -20,12 +20,11 @@
 import { getSystemErrorName } from 'node:util';
 import type { RelayEndReason, RelayResult } from '../api.js';
 import { RawSocket, type RawSocketOwner } from '../internals.js';
+import { relayTimeoutMs, type DirectionState, type RelayOptions } from './relay.js';
 
 /** What the connection needs from its listener. */
-export interface RawConnectionHost {
+export interface RawConnectionHost extends RelayOptions {
   readonly connectTimeoutMs: number;
-  readonly idleTimeoutMs: number;
-  readonly halfCloseTimeoutMs: number;
   /** Whether relaying may start (the listener is not closing). */
   accepting(): boolean;
   /** The PROXY header for this client, or null; throws when it cannot be built. */
@@ -38,7 +37,6 @@ export interface RawConnectionHost {
   ended(conn: RawConnection, result: RelayResult | null): void;
 }
 
-type DirState = 'running' | 'shutting-down' | 'done';
 type Phase = 'dialling' | 'relaying' | 'ended';
 
 const FAST_AFTER_BYTES = 1024 * 1024;
@@ -49,7 +47,7 @@ const RING_BUFFER_MAX = 1024 * 1024;
 
 /** One direction: reads `src`, writes `dst` (null until the container is connected). */
 class RawDirection implements RawSocketOwner {
-  state: DirState = 'running';
+  state: DirectionState = 'running';
   bytes = 0;
   /** src stopped reading: a write to dst is queued (or the ring is full). */
   paused = false;
@@ -307,7 +305,7 @@ export class RawConnection {
     if (this.phase === 'dialling') this.dialEnded('ETIMEDOUT');
   }
 
-  directionChanged(d: RawDirection, state: DirState): void {
+  directionChanged(d: RawDirection, state: DirectionState): void {
     if (this.phase !== 'relaying') return;
     d.state = state;
     if (this.up.state === 'done' && this.down.state === 'done') {
@@ -318,10 +316,7 @@ export class RawConnection {
   }
 
   private armTimer(): void {
-    const { idleTimeoutMs, halfCloseTimeoutMs } = this.host;
-    const halfClosed = this.up.state !== 'running' || this.down.state !== 'running';
-    let ms = idleTimeoutMs;
-    if (halfClosed && halfCloseTimeoutMs > 0) ms = ms === 0 ? halfCloseTimeoutMs : Math.min(ms, halfCloseTimeoutMs);
+    const ms = relayTimeoutMs(this.host, this.up.state !== 'running' || this.down.state !== 'running');
     if (ms === this.timerMs) return;
     if (this.timer !== null) clearTimeout(this.timer);
     this.timerMs = ms;

@@ -211,15 +211,10 @@ export class TcpListener implements Listener {
 
   /** A connection on the raw path: it dials, relays and reports its end itself. */
   private onRawConnection(client: RawSocket): void {
-    this.counts.accepted++;
-    const { mapping } = this.binding;
-    if (this.state !== 'listening') {
-      client.close();
-      return;
-    }
-    if (mapping.maxConnections > 0 && this.relays.size + this.dialling.size >= mapping.maxConnections) {
-      this.refused();
-      client.reset();
+    const admit = this.admit();
+    if (admit !== 'serve') {
+      if (admit === 'close') client.close();
+      else client.reset();
       return;
     }
     const conn = new RawConnection(client, this.rawHost, this.nextId++);
@@ -239,24 +234,28 @@ export class TcpListener implements Listener {
     this.warner.warn('header', { err: errnoCode(e) ?? (e as Error).message }, 'cannot build the PROXY header; the connection is closed');
   }
 
-  private refused(): void {
-    this.counts.refused++;
-    this.warner.warn('limit', { maxConnections: this.binding.mapping.maxConnections, refused: this.counts.refused }, 'connection limit reached; new connections are refused');
+  /** Counts an accepted connection and says what to do with it: serve it, close it (the listener is closing) or reset it (over maxConnections; counted and warned). */
+  private admit(): 'serve' | 'close' | 'reset' {
+    this.counts.accepted++;
+    if (this.state !== 'listening') return 'close';
+    const max = this.binding.mapping.maxConnections;
+    if (max > 0 && this.relays.size + this.dialling.size >= max) {
+      this.counts.refused++;
+      this.warner.warn('limit', { maxConnections: max, refused: this.counts.refused }, 'connection limit reached; new connections are refused');
+      return 'reset';
+    }
+    return 'serve';
   }
 
   private onConnection(client: net.Socket): void {
-    this.counts.accepted++;
     client.on('error', noop); // until the relay owns it; a reset while dialling just aborts the dial
+    const admit = this.admit();
+    if (admit !== 'serve') {
+      if (admit === 'close') client.destroy();
+      else client.resetAndDestroy();
+      return;
+    }
     const { mapping } = this.binding;
-    if (this.state !== 'listening') {
-      client.destroy();
-      return;
-    }
-    if (mapping.maxConnections > 0 && this.relays.size + this.dialling.size >= mapping.maxConnections) {
-      this.refused();
-      client.resetAndDestroy();
-      return;
-    }
     // A client that leaves while we dial: the accepted socket is paused (pauseOnConnect), so Node
     // would not notice a reset until the relay starts. read(0) starts reading into the socket's
     // own buffer (at most its high-water mark; nothing is consumed: the relay delivers it first,
