@@ -1,5 +1,4 @@
-// Every use of Node's private internals, in one place (longer than our usual 350 lines on purpose:
-// the point of this file is that there is only one). Each fast path here has a public-API
+// Every use of Node's private internals, in one place. Each fast path here has a public-API
 // fallback, is checked before use (structurally, and by selfTest() on real loopback sockets at
 // startup), and counts its uses so that tests fail when a path is silently off.
 //
@@ -15,7 +14,14 @@
 //    `connect`, so connecting a received udp6 socket calls the IPv4 connect and fails with EINVAL.
 //    The fix points the handle's `connect` at `connect6` (found through dgram's `state symbol`).
 //    Fallback: the caller uses the socket unconnected (every send names the target).
-// 3. rawUdp — UDP datagrams through the socket's UDP handle (raw UDP section, at the end). Per
+// 3. rawTcp — TCP connections on bare libuv handles (RawSocket): no net.Socket, stream, event
+//    emitter or per-connection closure; Node's connection machinery was most of the CPU a
+//    connection cost outside the kernel (docs/architecture.md, "TCP data path"). It relies on
+//    process.binding('tcp_wrap') (TCP, TCPConnectWrap) and ('stream_wrap') (WriteWrap,
+//    ShutdownWrap, streamBaseState and its indices) and on net.Server's `_handle.onconnection`.
+//    Fallback: acceptRaw hands over net.Sockets (also when the path is turned off at runtime) and
+//    the listener relays them with src/proxy/relay.ts.
+// 4. rawUdp — UDP datagrams through the socket's UDP handle (raw UDP section, at the end). Per
 //    datagram, dgram's public path costs a 'message' emit, argument checks, a lookup step and a
 //    `new SendWrap()` (a C++-backed object) for every send. Here the handle's `onmessage` calls
 //    our callback directly, and sends go to `handle.send(req, list, count[, port, ip], false)` with
@@ -23,11 +29,13 @@
 //    has not touched the wrap); a send that had to queue keeps that wrap (and its buffers) and a
 //    new spare is made. Errors still reach the dgram socket's 'error' listeners.
 //    Fallback: the caller keeps dgram's 'message' events and send().
+// Over 350 lines on purpose: the project's rule is that every use of internals lives in this one
+// module.
 import dgram from 'node:dgram';
 import net from 'node:net';
 import util from 'node:util';
 
-export type FastPath = 'bulkReads' | 'udp6Connect' | 'rawUdp';
+export type FastPath = 'bulkReads' | 'udp6Connect' | 'rawTcp' | 'rawUdp';
 
 export interface FastPathStatus {
   /** Whether the fast path is used. */
@@ -43,12 +51,14 @@ export type InternalsReport = Readonly<Record<FastPath, FastPathStatus>>;
 const state: Record<FastPath, { off: string | null; checked: boolean; uses: number }> = {
   bulkReads: { off: null, checked: false, uses: 0 },
   udp6Connect: { off: null, checked: false, uses: 0 },
+  rawTcp: { off: null, checked: false, uses: 0 },
   rawUdp: { off: null, checked: false, uses: 0 },
 };
 
 const RELIES_ON: Record<FastPath, string> = {
   bulkReads: "net.Socket's kBuffer/kBufferCb/kBufferGen slots and the stream handle's useUserBuffer()",
   udp6Connect: "dgram's 'state symbol' and the UDP handle's connect6()",
+  rawTcp: "process.binding('tcp_wrap'/'stream_wrap'): TCP, TCPConnectWrap, WriteWrap, ShutdownWrap, streamBaseState; net.Server's _handle.onconnection",
   rawUdp: "process.binding('udp_wrap').SendWrap, dgram's 'state symbol' and the UDP handle's onmessage/send()",
 };
 
@@ -56,9 +66,10 @@ const RELIES_ON: Record<FastPath, string> = {
 export function internals(): InternalsReport {
   checkBulkReadSlots();
   checkUdp6Handle();
+  checkRawTcp();
   checkRawUdp();
   const one = (p: FastPath): FastPathStatus => ({ on: state[p].off === null, why: state[p].off ?? RELIES_ON[p], uses: state[p].uses });
-  return { bulkReads: one('bulkReads'), udp6Connect: one('udp6Connect'), rawUdp: one('rawUdp') };
+  return { bulkReads: one('bulkReads'), udp6Connect: one('udp6Connect'), rawTcp: one('rawTcp'), rawUdp: one('rawUdp') };
 }
 
 /** Turns a fast path off (the self-test when it fails; tests that exercise the fallback). */
@@ -77,6 +88,10 @@ export async function selfTest(): Promise<InternalsReport> {
   if (state.bulkReads.off === null && checkBulkReadSlots()) {
     const problem = await bulkReadProbe().catch((err: unknown) => `self-test failed: ${err instanceof Error ? err.message : String(err)}`);
     if (problem !== null) disableFastPath('bulkReads', problem);
+  }
+  if (state.rawTcp.off === null && checkRawTcp()) {
+    const problem = await rawTcpProbe().catch((err: unknown) => `self-test failed: ${err instanceof Error ? err.message : String(err)}`);
+    if (problem !== null) disableFastPath('rawTcp', problem);
   }
   if (state.rawUdp.off === null && checkRawUdp()) {
     const problem = await rawUdpProbe().catch((err: unknown) => `self-test failed: ${err instanceof Error ? err.message : String(err)}`);
@@ -247,6 +262,375 @@ export function fixReceivedUdp6Connect(socket: dgram.Socket): boolean {
   handle['connect'] = handle['connect6'];
   state.udp6Connect.uses++;
   return true;
+}
+
+// ---- raw TCP: connections on libuv stream handles, no net.Socket ----------------------------
+
+/** Called by a RawSocket; `sock` says which socket. Every method runs on the event loop, never re-entrantly from a RawSocket call. */
+export interface RawSocketOwner {
+  /** `n` bytes arrived: in `buf` (a fresh buffer of exactly n bytes), or at the start of the own buffer (useOwnBuffer). Return the own buffer for the next read (own-buffer mode only; undefined keeps the current one). */
+  rawData(sock: RawSocket, buf: Buffer, n: number): Buffer | undefined;
+  /** EOF from the peer: reading has stopped for good. */
+  rawEnd(sock: RawSocket): void;
+  /** A read failed (negative errno: ECONNRESET …). */
+  rawError(sock: RawSocket, errno: number): void;
+  /** A queued write (write() returned 1) completed: status 0 or a negative errno. */
+  rawWritten(sock: RawSocket, status: number): void;
+  /** shutdown() completed: our FIN is out (status 0) or it failed. */
+  rawShutdown(sock: RawSocket, status: number): void;
+  /** connect() completed: 0, or a negative errno (ECONNREFUSED, ECANCELED after close()). */
+  rawConnected(sock: RawSocket, status: number): void;
+}
+
+interface TcpHandle {
+  onread: ((this: TcpHandle, ab: ArrayBuffer | undefined) => Uint8Array | undefined) | null;
+  readStart(): number;
+  readStop(): number;
+  writeBuffer(req: Req, buf: Uint8Array): number;
+  shutdown(req: Req): number;
+  reset(cb?: () => void): number;
+  close(cb?: () => void): void;
+  setNoDelay(on: boolean): number;
+  getpeername(out: Record<string, unknown>): number;
+  getsockname(out: Record<string, unknown>): number;
+  connect(req: Req, ip: string, port: number): number;
+  connect6(req: Req, ip: string, port: number): number;
+  useUserBuffer(buf: Uint8Array): void;
+  [kRawSocket]?: RawSocket;
+}
+type Req = { oncomplete: unknown; sock: RawSocket | null; buffer?: Uint8Array | null };
+
+interface RawBindings {
+  readonly TCP: new (type: number) => TcpHandle;
+  readonly SOCKET: number;
+  readonly TCPConnectWrap: new () => Req;
+  readonly WriteWrap: new () => Req;
+  readonly ShutdownWrap: new () => Req;
+  readonly streamState: Int32Array;
+  readonly kReadBytes: number;
+  readonly kOffset: number;
+  readonly kAsync: number;
+}
+
+const kRawSocket = Symbol('raw socket');
+const UV_EOF = -4095;
+let rawB: RawBindings | null = null;
+
+function checkRawTcp(): boolean {
+  const st = state.rawTcp;
+  if (st.checked) return st.off === null;
+  st.checked = true;
+  try {
+    const binding = (process as unknown as { binding?: (name: string) => Record<string, unknown> }).binding;
+    if (typeof binding !== 'function') throw new Error('no process.binding');
+    const tcp = binding('tcp_wrap');
+    const sw = binding('stream_wrap');
+    const consts = tcp['constants'] as Record<string, number> | undefined;
+    const proto = (tcp['TCP'] as { prototype?: Record<string, unknown> } | undefined)?.prototype;
+    const need = ['readStart', 'readStop', 'writeBuffer', 'shutdown', 'reset', 'close', 'setNoDelay', 'getpeername', 'getsockname', 'connect', 'connect6', 'useUserBuffer'];
+    const missing = need.filter((m) => typeof proto?.[m] !== 'function');
+    const ints = ['kReadBytesOrError', 'kArrayBufferOffset', 'kLastWriteWasAsync'].filter((k) => typeof sw[k] !== 'number');
+    if (proto === undefined || missing.length > 0 || ints.length > 0 || typeof consts?.['SOCKET'] !== 'number' || !(sw['streamBaseState'] instanceof Int32Array)
+      || typeof tcp['TCPConnectWrap'] !== 'function' || typeof sw['WriteWrap'] !== 'function' || typeof sw['ShutdownWrap'] !== 'function') {
+      throw new Error(`tcp_wrap/stream_wrap lack ${[...missing, ...ints].join(', ') || 'a constructor or streamBaseState'}`);
+    }
+    rawB = {
+      TCP: tcp['TCP'] as RawBindings['TCP'],
+      SOCKET: consts['SOCKET'],
+      TCPConnectWrap: tcp['TCPConnectWrap'] as RawBindings['TCPConnectWrap'],
+      WriteWrap: sw['WriteWrap'] as RawBindings['WriteWrap'],
+      ShutdownWrap: sw['ShutdownWrap'] as RawBindings['ShutdownWrap'],
+      streamState: sw['streamBaseState'],
+      kReadBytes: sw['kReadBytesOrError'] as number,
+      kOffset: sw['kArrayBufferOffset'] as number,
+      kAsync: sw['kLastWriteWasAsync'] as number,
+    };
+    return true;
+  } catch (err) {
+    st.off = `this Node (${process.version}) cannot: ${err instanceof Error ? err.message : String(err)}`;
+    return false;
+  }
+}
+
+/** Whether new connections take the raw path now. */
+export function rawTcpOn(): boolean {
+  return checkRawTcp() && state.rawTcp.off === null;
+}
+
+/** One write request kept spare: used again as long as writes complete at once (the usual case). */
+let spareWrite: Req | null = null;
+function writeReq(): Req {
+  const req = new (rawB as RawBindings).WriteWrap();
+  req.oncomplete = onRawWritten;
+  req.sock = null;
+  req.buffer = null;
+  return req;
+}
+
+/**
+ * A TCP connection on a bare libuv handle. Reads go to the owner's rawData (no stream, no
+ * events); writes try at once and report 0 (done) or 1 (queued: rawWritten follows). Addresses
+ * are read from the kernel on first use. close()/reset() are idempotent.
+ */
+export class RawSocket {
+  closed = false;
+  /** Queued writes not completed yet. */
+  pendingWrites = 0;
+  /** The buffer reads go into (useOwnBuffer), or null: a fresh buffer per read. */
+  own: Buffer | null = null;
+  private peer: { address?: string; port?: number } | null = null;
+  private sock: { address?: string; port?: number } | null = null;
+
+  private readonly handle: TcpHandle;
+
+  private constructor(handle: TcpHandle, public owner: RawSocketOwner) {
+    this.handle = handle;
+    handle[kRawSocket] = this;
+    handle.onread = onRawRead;
+  }
+
+  /** Wraps a handle accepted by acceptRaw's hook. */
+  static accepted(handle: unknown, owner: RawSocketOwner): RawSocket {
+    return new RawSocket(handle as TcpHandle, owner);
+  }
+
+  /** Starts connecting a new socket to ip:port (TCP_NODELAY on). Returns it, or a negative errno. */
+  static connect(ip: string, port: number, owner: RawSocketOwner): RawSocket | number {
+    const b = rawB as RawBindings;
+    const handle = new b.TCP(b.SOCKET);
+    handle.setNoDelay(true); // a flag until the socket exists; libuv applies it on connect
+    const sock = new RawSocket(handle, owner);
+    const req = new b.TCPConnectWrap();
+    req.oncomplete = onRawConnected;
+    req.sock = sock;
+    const err = ip.includes(':') ? handle.connect6(req, ip, port) : handle.connect(req, ip, port);
+    if (err !== 0) {
+      sock.close();
+      return err;
+    }
+    state.rawTcp.uses++;
+    return sock;
+  }
+
+  get remoteAddress(): string | undefined {
+    return (this.peer ??= this.name('getpeername')).address;
+  }
+  get remotePort(): number | undefined {
+    return (this.peer ??= this.name('getpeername')).port;
+  }
+  get localAddress(): string | undefined {
+    return (this.sock ??= this.name('getsockname')).address;
+  }
+  get localPort(): number | undefined {
+    return (this.sock ??= this.name('getsockname')).port;
+  }
+  private name(which: 'getpeername' | 'getsockname'): { address?: string; port?: number } {
+    const out: Record<string, unknown> = {};
+    return this.closed || this.handle[which](out) !== 0 ? {} : (out as { address?: string; port?: number });
+  }
+
+  readStart(): number {
+    return this.closed ? 0 : this.handle.readStart();
+  }
+  readStop(): number {
+    return this.closed ? 0 : this.handle.readStop();
+  }
+
+  /**
+   * Reads go into `buf` from now on (and into whatever rawData returns): the bulkReads fast path
+   * on a raw socket. False (nothing changed) when bulkReads is off.
+   */
+  useOwnBuffer(buf: Buffer): boolean {
+    if (state.bulkReads.off !== null || this.closed) return false;
+    this.own = buf;
+    this.handle.useUserBuffer(buf);
+    state.bulkReads.uses++;
+    return true;
+  }
+
+  /** 0: written; 1: queued (rawWritten follows; keep `buf` unchanged until then); <0: errno. */
+  write(buf: Buffer): number {
+    if (this.closed) return UV_EBADF;
+    const req = (spareWrite ??= writeReq());
+    const err = this.handle.writeBuffer(req, buf);
+    if (err !== 0) return err;
+    if ((rawB as RawBindings).streamState[(rawB as RawBindings).kAsync] === 0) return 0;
+    spareWrite = null; // taken by this write until it completes
+    req.sock = this;
+    req.buffer = buf;
+    this.pendingWrites++;
+    return 1;
+  }
+
+  /** Sends our FIN after the queued writes; rawShutdown follows. 0 or a negative errno. */
+  shutdown(): number {
+    if (this.closed) return UV_EBADF;
+    const req = new (rawB as RawBindings).ShutdownWrap();
+    req.oncomplete = onRawShutdown;
+    req.sock = this;
+    return this.handle.shutdown(req);
+  }
+
+  /** Closes with an RST (SO_LINGER 0) when it can, else plainly. */
+  reset(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.handle.reset() !== 0) this.handle.close();
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.handle.close();
+  }
+}
+
+const UV_EBADF = -9;
+
+function onRawRead(this: TcpHandle, ab: ArrayBuffer | undefined): Uint8Array | undefined {
+  const sock = this[kRawSocket];
+  const b = rawB as RawBindings;
+  const n = b.streamState[b.kReadBytes] as number;
+  if (sock === undefined || sock.closed) return undefined;
+  if (n > 0) {
+    const own = sock.own;
+    if (own === null) {
+      sock.owner.rawData(sock, Buffer.from(ab as ArrayBuffer, b.streamState[b.kOffset], n), n);
+      return undefined;
+    }
+    const next = sock.owner.rawData(sock, own, n);
+    if (next !== undefined) sock.own = next;
+    return next;
+  }
+  if (n === 0) return undefined;
+  if (n === UV_EOF) sock.owner.rawEnd(sock);
+  else sock.owner.rawError(sock, n);
+  return undefined;
+}
+
+function onRawWritten(this: Req, status: number): void {
+  const sock = this.sock;
+  this.sock = null;
+  this.buffer = null;
+  if (sock === null) return;
+  sock.pendingWrites--; // (a request that went async is not used again: Node wrapped it once)
+  if (!sock.closed) sock.owner.rawWritten(sock, status);
+}
+
+function onRawShutdown(this: Req, status: number): void {
+  const sock = this.sock;
+  this.sock = null;
+  if (sock !== null && !sock.closed) sock.owner.rawShutdown(sock, status);
+}
+
+function onRawConnected(this: Req, status: number): void {
+  const sock = this.sock;
+  this.sock = null;
+  if (sock !== null && !sock.closed) sock.owner.rawConnected(sock, status);
+}
+
+/** What acceptRaw hands over per connection: a raw socket (fast path on) or a net.Socket (off). */
+export type AcceptedConnection = { raw: RawSocket; socket: null } | { raw: null; socket: net.Socket };
+
+/** Until the acceptor takes a new socket: anything it reports resets it. */
+const NO_OWNER: RawSocketOwner = {
+  rawData: (sock) => (sock.reset(), undefined),
+  rawEnd: (sock) => sock.reset(),
+  rawError: (sock) => sock.reset(),
+  rawWritten: (sock) => sock.reset(),
+  rawShutdown: (sock) => sock.reset(),
+  rawConnected: (sock) => sock.reset(),
+};
+
+/**
+ * Takes over `server`'s accepts (call it once listening): each connection comes to `onAccept`
+ * as a RawSocket (set its owner there), or — with the fast path off, also when turned off at
+ * runtime — as a paused net.Socket with TCP_NODELAY, as 'connection' would give it. Accept errors
+ * (EMFILE …) go to `onError` with the errno. Returns false (nothing changed) when the server's
+ * handle does not fit; the caller then listens for 'connection' as usual.
+ */
+export function acceptRaw(server: net.Server, onAccept: (c: AcceptedConnection) => void, onError: (errno: number) => void): boolean {
+  const handle = (server as unknown as { _handle?: { onconnection?: unknown } | null })._handle;
+  if (!checkRawTcp() || handle === null || handle === undefined || typeof handle.onconnection !== 'function') return false;
+  handle.onconnection = (err: number, client: TcpHandle | undefined): void => {
+    if (err !== 0 || client === undefined) {
+      onError(err);
+      return;
+    }
+    client.setNoDelay(true);
+    if (state.rawTcp.off === null) {
+      state.rawTcp.uses++;
+      onAccept({ raw: RawSocket.accepted(client, NO_OWNER), socket: null });
+      return;
+    }
+    const socket = new net.Socket({ handle: client, allowHalfOpen: true, pauseOnConnect: true } as net.SocketConstructorOpts);
+    onAccept({ raw: null, socket });
+  };
+  return true;
+}
+
+/**
+ * The raw path end to end on loopback: a raw accept and a raw dial, "probe" one way, "ok" and a
+ * FIN back. Null: it works.
+ */
+function rawTcpProbe(): Promise<string | null> {
+  return new Promise((resolve) => {
+    const server = net.createServer();
+    const before = state.rawTcp.uses;
+    let settled = false;
+    const socks: RawSocket[] = [];
+    const finish = (problem: string | null): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      for (const s of socks) s.close();
+      server.close();
+      state.rawTcp.uses = before; // the probe is not a use
+      resolve(problem);
+    };
+    const timer = setTimeout(() => finish('no answer within 2 s'), 2000);
+    server.once('error', (err) => finish(`listen: ${err.message}`));
+    const fail = (what: string) => (_s: RawSocket, errno: number): void => finish(`${what} failed (${util.getSystemErrorName(errno)})`);
+    const serverSide: RawSocketOwner = {
+      ...NO_OWNER,
+      rawData: (sock, buf, n) => {
+        if (buf.toString('latin1', 0, n) !== 'probe') finish(`the accepted side read ${JSON.stringify(buf.toString('latin1', 0, n))}`);
+        else if (sock.write(Buffer.from('ok')) < 0 || sock.shutdown() !== 0) finish('write or shutdown failed');
+        return undefined;
+      },
+      rawShutdown: () => {},
+      rawWritten: () => {},
+      rawError: fail('read on the accepted side'),
+    };
+    let got = '';
+    const clientSide: RawSocketOwner = {
+      ...NO_OWNER,
+      rawConnected: (sock, status) => {
+        if (status !== 0) finish(`connect failed (${util.getSystemErrorName(status)})`);
+        else if (sock.write(Buffer.from('probe')) < 0 || sock.readStart() !== 0) finish('write or read start failed');
+      },
+      rawData: (_sock, buf, n) => ((got += buf.toString('latin1', 0, n)), undefined),
+      rawEnd: () => finish(got === 'ok' ? null : `the dialled side read ${JSON.stringify(got)} instead of "ok"`),
+      rawWritten: () => {},
+      rawError: fail('read on the dialled side'),
+    };
+    server.listen({ host: '127.0.0.1', port: 0 }, () => {
+      const ok = acceptRaw(server, (c) => {
+        if (c.raw === null) {
+          c.socket.destroy();
+          finish('the hook handed over a net.Socket');
+          return;
+        }
+        socks.push(c.raw);
+        c.raw.owner = serverSide;
+        c.raw.readStart();
+      }, (errno) => finish(`accept failed (${util.getSystemErrorName(errno)})`));
+      if (!ok) return finish("the server's handle has no onconnection");
+      const dialled = RawSocket.connect('127.0.0.1', (server.address() as net.AddressInfo).port, clientSide);
+      if (typeof dialled === 'number') return finish(`connect failed at once (${util.getSystemErrorName(dialled)})`);
+      socks.push(dialled);
+    });
+  });
 }
 
 // ---- raw UDP -------------------------------------------------------------------------------

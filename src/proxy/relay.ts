@@ -35,7 +35,17 @@ export interface RelayOptions {
   readonly halfCloseTimeoutMs: number;
 }
 
-type DirectionState = 'running' | 'shutting-down' | 'done';
+export type DirectionState = 'running' | 'shutting-down' | 'done';
+
+/**
+ * The inactivity bound in effect (0: none): idleTimeout while both directions run, the smaller
+ * of it and halfCloseTimeout once one has ended. The raw path applies the same rule.
+ */
+export function relayTimeoutMs(o: RelayOptions, halfClosed: boolean): number {
+  const { idleTimeoutMs, halfCloseTimeoutMs } = o;
+  if (!halfClosed || halfCloseTimeoutMs === 0) return idleTimeoutMs;
+  return idleTimeoutMs === 0 ? halfCloseTimeoutMs : Math.min(idleTimeoutMs, halfCloseTimeoutMs);
+}
 type Side = 'client' | 'container';
 
 /** A direction that has moved this much is a bulk transfer and reads into its own buffers. */
@@ -283,10 +293,7 @@ export class Relay {
   }
 
   private armTimer(): void {
-    const { idleTimeoutMs, halfCloseTimeoutMs } = this.options;
-    const halfClosed = this.up.state !== 'running' || this.down.state !== 'running';
-    let ms = idleTimeoutMs;
-    if (halfClosed && halfCloseTimeoutMs > 0) ms = ms === 0 ? halfCloseTimeoutMs : Math.min(ms, halfCloseTimeoutMs);
+    const ms = relayTimeoutMs(this.options, this.up.state !== 'running' || this.down.state !== 'running');
     if (ms === this.timerMs) return;
     this.timerMs = ms;
     this.client.setTimeout(ms);

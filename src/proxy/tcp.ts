@@ -1,17 +1,24 @@
-// A TCP listener for one binding: accept (paused) → connection limit → dial the container (direct
+// A TCP listener for one binding: accept → connection limit → dial the container (direct
 // or through a namespace helper, bounded by connectTimeout) → PROXY header if configured → relay.
+//
+// Two connection paths (docs/architecture.md, "TCP data path"): raw connections (RawConnection,
+// for direct dials while the rawTcp fast path is on) and net.Socket relays (namespace dials; the
+// fallback). Over 350 lines because both share this listener's counters, limits and drain.
 //
 // Ownership: the listener owns its server, the connections being dialled and the live relays;
 // close() stops accepting and lets relays finish for a grace period, destroy() aborts them all.
 import net from 'node:net';
+import util from 'node:util';
 import type { Binding, Endpoint, Listener, RelayResult, TcpStats } from '../api.js';
 import { errnoCode } from '../errors.js';
 import type { Logger } from '../log.js';
+import { acceptRaw, type RawSocket } from '../internals.js';
 import { RateLimitedWarner } from './warn.js';
 import { bindError, closedBeforeListening } from './bind-error.js';
 import { dialErrno, type DialAttempt, type Dialer } from './dialer.js';
-import { buildConnectionHeader } from './header-hook.js';
+import { buildConnectionHeader, type ConnectionAddresses } from './header-hook.js';
 import { newUniqueId } from './proxy-header.js';
+import { RawConnection, type RawConnectionHost } from './raw-connection.js';
 import { Relay } from './relay.js';
 
 export interface TcpListenerDeps {
@@ -38,8 +45,11 @@ export class TcpListener implements Listener {
   private listening: Promise<void> | null = null;
   /** Rejects the pending listen() (set while binding). */
   private failListen: ((err: Error) => void) | null = null;
-  /** Live relays; with debug logging on, what their 'connection closed' line needs. */
-  private readonly relays = new Map<Relay, ConnectionInfo | null>();
+  /**
+   * Live connections: relays, and raw-path connections from accept on (dialling included); with
+   * debug logging on, what their 'connection closed' line needs.
+   */
+  private readonly relays = new Map<Relay | RawConnection, ConnectionInfo | null>();
   /** Accepted connections whose container dial is under way. */
   private readonly dialling = new Map<net.Socket, DialAttempt>();
   private closed: Promise<void> | null = null;
@@ -52,6 +62,8 @@ export class TcpListener implements Listener {
   private readonly clientLeftWhileDialling: (this: net.Socket) => void;
 
   private readonly warner: RateLimitedWarner;
+  /** What raw-path connections ask of this listener (one object per listener). */
+  private readonly rawHost: RawConnectionHost;
 
   constructor(
     readonly binding: Binding,
@@ -61,6 +73,17 @@ export class TcpListener implements Listener {
     const listener = this;
     this.clientLeftWhileDialling = function (this: net.Socket): void {
       listener.clientLeft(this);
+    };
+    const m = binding.mapping;
+    this.rawHost = {
+      connectTimeoutMs: m.connectTimeoutMs,
+      idleTimeoutMs: m.idleTimeoutMs,
+      halfCloseTimeoutMs: m.halfCloseTimeoutMs,
+      accepting: () => this.state === 'listening',
+      header: (conn) => this.rawHeader(conn),
+      headerFailed: (_conn, err) => this.headerFailed(err),
+      dialFailed: (conn, errno) => this.dialFailed(conn.client, conn.id, errno),
+      ended: (conn, result) => this.connectionEnded(conn, result),
     };
   }
 
@@ -94,11 +117,16 @@ export class TcpListener implements Listener {
         server.off('error', onListenError);
         // After listening, errors come from accept (EMFILE, ENFILE …). libuv keeps the listener
         // armed and sheds the pending connection with its reserve descriptor; we count and warn.
-        server.on('error', (err) => this.onAcceptError(err));
+        server.on('error', (err) => this.onAcceptError(errnoCode(err) ?? err.message));
         if (this.state !== 'binding') return; // closed while binding: close() has rejected and closes the server
         this.failListen = null;
         this.state = 'listening';
-        server.on('connection', (socket) => this.onConnection(socket));
+        // The raw path (src/internals.ts: rawTcp) for direct dials: connections on bare handles.
+        // Namespace dials hand over net.Sockets and keep the relay.
+        const raw =
+          this.deps.dialer.kind === 'direct' &&
+          acceptRaw(server, (c) => (c.raw !== null ? this.onRawConnection(c.raw) : this.onConnection(c.socket)), (errno) => this.onAcceptError(util.getSystemErrorName(errno)));
+        if (!raw) server.on('connection', (socket) => this.onConnection(socket));
         resolve();
       });
     });
@@ -176,25 +204,58 @@ export class TcpListener implements Listener {
     for (const r of [...this.relays.keys()]) r.destroy('destroyed');
   }
 
-  private onAcceptError(err: Error): void {
+  private onAcceptError(code: string): void {
     this.counts.acceptErrors++;
-    this.warner.warn('accept', { err: errnoCode(err) ?? err.message, acceptErrors: this.counts.acceptErrors }, 'accept failed; the listener keeps serving (raise `ulimit -n` if this is EMFILE)');
+    this.warner.warn('accept', { err: code, acceptErrors: this.counts.acceptErrors }, 'accept failed; the listener keeps serving (raise `ulimit -n` if this is EMFILE)');
+  }
+
+  /** A connection on the raw path: it dials, relays and reports its end itself. */
+  private onRawConnection(client: RawSocket): void {
+    const admit = this.admit();
+    if (admit !== 'serve') {
+      if (admit === 'close') client.close();
+      else client.reset();
+      return;
+    }
+    const conn = new RawConnection(client, this.rawHost, this.nextId++);
+    const debug = this.deps.logger.isLevelEnabled('debug');
+    this.relays.set(conn, debug ? { id: conn.id, uniqueId: null, client: `${client.remoteAddress}:${client.remotePort}` } : null);
+    conn.dial(this.binding.container.ip, this.binding.container.port);
+  }
+
+  private rawHeader(conn: RawConnection): Buffer | null {
+    const uniqueId = this.binding.mapping.proxyTlvs.uniqueId ? newUniqueId() : null;
+    const info = this.relays.get(conn);
+    if (info !== null && info !== undefined && uniqueId !== null) this.relays.set(conn, { ...info, uniqueId });
+    return buildConnectionHeader(this.binding, conn.client, uniqueId);
+  }
+
+  private headerFailed(e: unknown): void {
+    this.warner.warn('header', { err: errnoCode(e) ?? (e as Error).message }, 'cannot build the PROXY header; the connection is closed');
+  }
+
+  /** Counts an accepted connection and says what to do with it: serve it, close it (the listener is closing) or reset it (over maxConnections; counted and warned). */
+  private admit(): 'serve' | 'close' | 'reset' {
+    this.counts.accepted++;
+    if (this.state !== 'listening') return 'close';
+    const max = this.binding.mapping.maxConnections;
+    if (max > 0 && this.relays.size + this.dialling.size >= max) {
+      this.counts.refused++;
+      this.warner.warn('limit', { maxConnections: max, refused: this.counts.refused }, 'connection limit reached; new connections are refused');
+      return 'reset';
+    }
+    return 'serve';
   }
 
   private onConnection(client: net.Socket): void {
-    this.counts.accepted++;
     client.on('error', noop); // until the relay owns it; a reset while dialling just aborts the dial
+    const admit = this.admit();
+    if (admit !== 'serve') {
+      if (admit === 'close') client.destroy();
+      else client.resetAndDestroy();
+      return;
+    }
     const { mapping } = this.binding;
-    if (this.state !== 'listening') {
-      client.destroy();
-      return;
-    }
-    if (mapping.maxConnections > 0 && this.relays.size + this.dialling.size >= mapping.maxConnections) {
-      this.counts.refused++;
-      this.warner.warn('limit', { maxConnections: mapping.maxConnections, refused: this.counts.refused }, 'connection limit reached; new connections are refused');
-      client.resetAndDestroy();
-      return;
-    }
     // A client that leaves while we dial: the accepted socket is paused (pauseOnConnect), so Node
     // would not notice a reset until the relay starts. read(0) starts reading into the socket's
     // own buffer (at most its high-water mark; nothing is consumed: the relay delivers it first,
@@ -222,7 +283,10 @@ export class TcpListener implements Listener {
     this.dialling.delete(client);
     client.off('close', this.clientLeftWhileDialling);
     if (container === null) {
-      this.dialFailed(client, id, err);
+      this.dialFailed(client, id, dialErrno(err), errnoCode(err) ?? 'unknown');
+      // The client learns of the failure as a reset, not as an empty successful exchange.
+      if (!client.destroyed) client.resetAndDestroy();
+      this.drainCheck();
       return;
     }
     if (client.destroyed || this.state !== 'listening') {
@@ -237,7 +301,7 @@ export class TcpListener implements Listener {
     try {
       header = buildConnectionHeader(this.binding, client, uniqueId);
     } catch (e) {
-      this.warner.warn('header', { err: errnoCode(e) ?? (e as Error).message }, 'cannot build the PROXY header; the connection is closed');
+      this.headerFailed(e);
       container.destroy();
       client.resetAndDestroy();
       this.drainCheck();
@@ -249,10 +313,9 @@ export class TcpListener implements Listener {
     relay.start();
   }
 
-  private dialFailed(client: net.Socket, id: number, err: Error | null): void {
+  /** Counts and reports a failed dial (the caller resets the client). */
+  private dialFailed(client: ConnectionAddresses, id: number, errno: string, code = errno === 'ETIMEDOUT' ? 'PF_DIAL_TIMEOUT' : 'PF_DIAL_FAILED'): void {
     this.counts.dialFailures++;
-    const code = errnoCode(err) ?? 'unknown';
-    const errno = dialErrno(err);
     const logger = this.deps.logger;
     if (logger.isLevelEnabled('debug')) {
       logger.debug({ conn: id, client: `${client.remoteAddress}:${client.remotePort}`, err: code, errno }, 'dial to container failed');
@@ -262,21 +325,27 @@ export class TcpListener implements Listener {
     } else {
       this.warner.warn('dial', { err: code, errno, dialFailures: this.counts.dialFailures }, `connecting to the container failed (${errno}); clients are disconnected, the listener keeps serving`);
     }
-    // The client learns of the failure as a reset, not as an empty successful exchange.
-    if (!client.destroyed) client.resetAndDestroy();
-    this.drainCheck();
   }
 
   private readonly relayEnded = (r: RelayResult, relay: Relay): void => {
-    const info = this.relays.get(relay);
-    this.relays.delete(relay);
+    this.connectionEnded(relay, r);
+  };
+
+  /** A relay or raw connection ended: `r` is null for one that never relayed (dial failed, client left). */
+  private connectionEnded(conn: Relay | RawConnection, r: RelayResult | null): void {
+    const info = this.relays.get(conn);
+    this.relays.delete(conn);
+    if (r === null) {
+      this.drainCheck();
+      return;
+    }
     this.counts.bytesToContainer += r.bytesToContainer;
     this.counts.bytesToClient += r.bytesToClient;
     if (info !== null && info !== undefined) {
       this.deps.logger.debug({ conn: info.id, ...(info.uniqueId !== null ? { uniqueId: info.uniqueId.toString('hex') } : {}), client: info.client, up: r.bytesToContainer, down: r.bytesToClient, ms: r.durationMs, bulk: r.bulkDirections, reason: r.reason, ...(r.errorCode !== undefined ? { err: r.errorCode } : {}) }, 'connection closed');
     }
     this.drainCheck();
-  };
+  }
 }
 
 interface ConnectionInfo {

@@ -64,6 +64,17 @@ t.test('self-test: every fast path is on here, and says what it relies on', asyn
   t.match(report.bulkReads, { on: true, why: /useUserBuffer/ }, 'bulk reads into our own buffers');
   t.match(report.udp6Connect, { on: true, why: /connect6/ }, 'connect6 for udp6 sockets received over IPC');
   t.match(report.rawUdp, { on: true, why: /udp_wrap/ }, 'datagrams through the UDP handle (udp-fast.test.ts tests its use)');
+  t.match(report.rawTcp, { on: true, why: /tcp_wrap/ }, 'TCP connections on bare handles');
+});
+
+t.test('rawTcp is used by the TCP listener: the accept and the dial are raw sockets', async (t) => {
+  const echo = await echoServer(t.teardown);
+  const fwd = await startManager(t.teardown, [testMapping({ containerPort: echo.port })]);
+  const before = internals().rawTcp.uses;
+  const payload = randomPayload(64 * 1024);
+  const r = await echoRoundTrip(fwd.port(), payload);
+  t.equal(sha256(r.received), sha256(payload), 'echoed intact');
+  t.equal(internals().rawTcp.uses, before + 2, 'one accepted and one dialled raw socket');
 });
 
 t.test('bulkReads is used by the relay (a bulk transfer reads into its own buffers)', async (t) => {
@@ -115,4 +126,20 @@ t.test('fallback: with udp6Connect off, the namespace dialer still carries IPv6 
   ch.send(Buffer.from('over the fallback'));
   t.equal(await reply, 'over the fallback', 'echoed');
   t.equal(internals().udp6Connect.uses, before, 'without the fast path');
+});
+
+t.test('fallback: with rawTcp off, a listener started on the raw path hands net.Sockets to the relay', async (t) => {
+  const echo = await echoServer(t.teardown);
+  const fwd = await startManager(t.teardown, [testMapping({ containerPort: echo.port })]);
+  const payload = randomPayload(2 * MiB);
+  const raw = await echoRoundTrip(fwd.port(), payload);
+  t.equal(sha256(raw.received), sha256(payload), 'on the raw path: echoed intact');
+  disableFastPath('rawTcp', 'turned off by the test');
+  t.match(internals().rawTcp, { on: false, why: 'turned off by the test' }, 'reported off, with the reason');
+  const before = internals().rawTcp.uses;
+  const r = await echoRoundTrip(fwd.port(), payload);
+  t.equal(sha256(r.received), sha256(payload), 'then through the relay: echoed intact');
+  t.equal(internals().rawTcp.uses, before, 'without the fast path');
+  await new Promise((res) => setTimeout(res, 50));
+  t.equal(fwd.records.filter((x) => x['msg'] === 'connection closed').length, 2, 'both connections logged their end');
 });

@@ -150,7 +150,20 @@ t.test('container port closed: the client is cut promptly, the listener keeps se
  * is full, so the kernel drops further SYNs and a dial to it hangs until our connectTimeout.
  */
 async function blackHolePort(t: { teardown: (fn: () => unknown) => void }): Promise<number> {
-  const child = spawn(process.execPath, ['-e', "const s=require('net').createServer();s.listen({port:0,host:'127.0.0.1',backlog:1},()=>{console.log(s.address().port)})"], { stdio: ['ignore', 'pipe', 'inherit'] });
+  return (await stoppedServer(t)).port;
+}
+
+/**
+ * The black hole above, whose server can be woken (SIGCONT): it then accepts, and answers each
+ * connection's EOF with "<bytes received> <their SHA-256>". A dial to it completes on the
+ * kernel's next SYN retransmission after resume() (about a second).
+ */
+async function stoppedServer(t: { teardown: (fn: () => unknown) => void }): Promise<{ port: number; resume: () => void }> {
+  const script =
+    "const h=require('crypto');const s=require('net').createServer({allowHalfOpen:true},(c)=>{const d=h.createHash('sha256');let n=0;c.on('error',()=>{});" +
+    "c.on('data',(b)=>{n+=b.length;d.update(b)});c.on('end',()=>c.end(n+' '+d.digest('hex')))});" +
+    "s.listen({port:0,host:'127.0.0.1',backlog:1},()=>{console.log(s.address().port)})";
+  const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
   t.teardown(() => {
     child.kill('SIGKILL');
   });
@@ -164,7 +177,7 @@ async function blackHolePort(t: { teardown: (fn: () => unknown) => void }): Prom
     fillers.push(f);
   }
   await new Promise((r) => setTimeout(r, 200)); // let the fillers' handshakes reach the queue
-  return port;
+  return { port, resume: () => process.kill(child.pid as number, 'SIGCONT') };
 }
 
 const openFds = (): number => readdirSync('/proc/self/fd').length;
@@ -203,6 +216,28 @@ t.test('clients that reset while the container is dialled are noticed at once: d
   half.end('request');
   await new Promise((r) => setTimeout(r, 300));
   t.equal(active(), 1, 'a client that half-closes while we dial is still being served');
+});
+
+// While we dial, the client is read already: its first 64 KiB wait here (the rest in the kernel)
+// and its FIN is remembered; all of it must reach the container, in order, once it answers.
+t.test('bytes and a FIN sent while the container is being dialled arrive intact and in order once it answers', async (t) => {
+  const backend = await stoppedServer(t);
+  const fwd = await startManager(t.teardown, [testMapping({ containerPort: backend.port, connectTimeoutMs: 30_000 })]);
+  const active = (): number => (fwd.manager.stats()[0]?.stats as { active: number }).active;
+  const payloads = [randomPayload(300 * 1024), Buffer.from('short request')];
+  const clients = await Promise.all(payloads.map(() => connect(fwd.port())));
+  const replies = clients.map((c) => readAll(c));
+  clients.forEach((c, i) => c.end(payloads[i] as Buffer));
+  await until(() => active() === 2, 5000, 'both connections to be dialling');
+  await new Promise((r) => setTimeout(r, 300)); // their bytes and FINs reach the forwarder meanwhile
+  t.equal(active(), 2, 'still dialling: the container has not answered');
+  backend.resume();
+  const got = await Promise.all(replies);
+  got.forEach((r, i) => {
+    const p = payloads[i] as Buffer;
+    t.equal(r.data.toString(), `${p.length} ${sha256(p)}`, `${p.length} bytes arrived in order, then the FIN (the backend answered at EOF)`);
+  });
+  clients.forEach((c) => c.destroy());
 });
 
 t.test('dial-failure warnings name the errno, say when the shortage is local (EMFILE), and do not repeat keys', skipUnless({ tools: ['prlimit'] }), async (t) => {
