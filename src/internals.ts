@@ -225,26 +225,33 @@ function bulkReadProbe(): Promise<string | null> {
 let udpStateSymbol: symbol | null = null;
 
 function checkUdp6Handle(): boolean {
-  const st = state.udp6Connect;
+  return checkDgramHandle('udp6Connect', 'udp6', (sym, handle) => {
+    if (typeof handle['connect6'] !== 'function' || typeof handle['connect'] !== 'function') return `this Node (${process.version}) has no dgram 'state symbol' with a handle that has connect6()`;
+    udpStateSymbol = sym;
+    return null;
+  });
+}
+
+/**
+ * The structural check of a dgram fast path, once: a throwaway socket of `type`, dgram's state
+ * symbol and the socket's handle go to `fits`, which says why the path is off (or null: on).
+ */
+function checkDgramHandle(path: FastPath, type: 'udp4' | 'udp6', fits: (sym: symbol, handle: Record<string, unknown>) => string | null): boolean {
+  const st = state[path];
   if (st.checked) return st.off === null;
   st.checked = true;
   let socket: dgram.Socket | null = null;
   try {
-    socket = dgram.createSocket('udp6');
+    socket = dgram.createSocket(type);
     const sym = Object.getOwnPropertySymbols(socket).find((s) => s.description === 'state symbol');
     const handle = sym === undefined ? undefined : udpStateOf(socket, sym)?.handle;
-    if (sym === undefined || handle === undefined || typeof handle['connect6'] !== 'function' || typeof handle['connect'] !== 'function') {
-      st.off = `this Node (${process.version}) has no dgram 'state symbol' with a handle that has connect6()`;
-      return false;
-    }
-    udpStateSymbol = sym;
-    return true;
+    st.off = sym === undefined || handle === undefined ? `this Node (${process.version}) has no dgram 'state symbol' with a handle` : fits(sym, handle);
   } catch (err) {
     st.off = `cannot check: ${err instanceof Error ? err.message : String(err)}`;
-    return false;
   } finally {
     socket?.close();
   }
+  return st.off === null;
 }
 
 function udpStateOf(socket: dgram.Socket, sym: symbol): { handle?: Record<string, unknown> } | undefined {
@@ -653,66 +660,59 @@ let rawStateSymbol: symbol | null = null;
 let spare: SendReq | null = null;
 
 function checkRawUdp(): boolean {
-  const st = state.rawUdp;
-  if (st.checked) return st.off === null;
-  st.checked = true;
-  let socket: dgram.Socket | null = null;
-  try {
+  return checkDgramHandle('rawUdp', 'udp4', (sym, handle) => {
     const binding = (process as unknown as { binding(name: string): { SendWrap?: unknown } }).binding('udp_wrap');
-    socket = dgram.createSocket('udp4');
-    const sym = Object.getOwnPropertySymbols(socket).find((s) => s.description === 'state symbol');
-    const handle = sym === undefined ? undefined : udpStateOf(socket, sym)?.handle;
-    if (typeof binding.SendWrap !== 'function' || handle === undefined || typeof handle['send'] !== 'function' || typeof handle['getSendQueueCount'] !== 'function') {
-      st.off = `this Node (${process.version}) has no udp_wrap SendWrap, or no dgram 'state symbol' with a handle that has send()`;
-      return false;
+    if (typeof binding.SendWrap !== 'function' || typeof handle['send'] !== 'function' || typeof handle['getSendQueueCount'] !== 'function') {
+      return `this Node (${process.version}) has no udp_wrap SendWrap, or no UDP handle send()/getSendQueueCount()`;
     }
     SendWrap = binding.SendWrap as new () => SendReq;
-    rawStateSymbol = sym as symbol;
-    return true;
-  } catch (err) {
-    st.off = `cannot check: ${err instanceof Error ? err.message : String(err)}`;
-    return false;
-  } finally {
-    socket?.close();
-  }
+    rawStateSymbol = sym;
+    return null;
+  });
 }
 
 /** A dgram socket whose datagrams go through its UDP handle (see 3. above). Sends are fire and forget, as dgram's without a callback. */
 export class RawUdp {
   private readonly one: Buffer[] = [];
+  /** A send has queued since the queue was last seen empty: only then is the handle asked. */
+  private mayQueue = false;
   constructor(private readonly handle: UdpHandle) {}
 
   /** Sends one datagram on a connected socket. */
   send(msg: Buffer): void {
     this.one[0] = msg;
-    if (this.handle.send(spare as SendReq, this.one, 1, false) === 0) queuedWith(msg);
+    if (this.handle.send(spare as SendReq, this.one, 1, false) === 0) this.queuedWith(msg);
   }
 
   /** Sends the buffers as one datagram on a connected socket. */
   sendList(list: readonly Buffer[]): void {
-    if (this.handle.send(spare as SendReq, list, list.length, false) === 0) queuedWith(list);
+    if (this.handle.send(spare as SendReq, list, list.length, false) === 0) this.queuedWith(list);
   }
 
   /** Sends one datagram to ip:port (ip literal, as the socket's family). */
   sendTo(msg: Buffer, port: number, ip: string): void {
     this.one[0] = msg;
-    if (this.handle.send(spare as SendReq, this.one, 1, port, ip, false) === 0) queuedWith(msg);
+    if (this.handle.send(spare as SendReq, this.one, 1, port, ip, false) === 0) this.queuedWith(msg);
   }
 
   sendListTo(list: readonly Buffer[], port: number, ip: string): void {
-    if (this.handle.send(spare as SendReq, list, list.length, port, ip, false) === 0) queuedWith(list);
+    if (this.handle.send(spare as SendReq, list, list.length, port, ip, false) === 0) this.queuedWith(list);
   }
 
-  /** Sends waiting in the process for the socket to take them. */
+  /** Sends waiting in the process for the socket to take them (no call into the handle while none queued). */
   queued(): number {
-    return this.handle.getSendQueueCount();
+    if (!this.mayQueue) return 0;
+    const n = this.handle.getSendQueueCount();
+    if (n <= 0) this.mayQueue = false;
+    return n;
   }
-}
 
-/** The send went into libuv's queue: the spare wrap now belongs to it and keeps its buffers alive. */
-function queuedWith(what: Buffer | readonly Buffer[]): void {
-  (spare as SendReq).list = what;
-  spare = new (SendWrap as new () => SendReq)();
+  /** The send went into libuv's queue: the spare wrap now belongs to it and keeps its buffers alive. */
+  private queuedWith(what: Buffer | readonly Buffer[]): void {
+    this.mayQueue = true;
+    (spare as SendReq).list = what;
+    spare = new (SendWrap as new () => SendReq)();
+  }
 }
 
 /**

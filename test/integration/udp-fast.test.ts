@@ -4,6 +4,7 @@
 // errors included, and then that the public fallback does the same (last: turning a path off is
 // process-wide).
 import t, { type Test } from 'tap';
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import type dgram from 'node:dgram';
 import { disableFastPath, internals, selfTest } from '../../src/internals.js';
@@ -63,6 +64,41 @@ t.test('ICMP port unreachable still reaches the flow as an error (backend-unreac
   });
   t.ok(internals().rawUdp.uses > before, 'the flow socket is raw');
   t.equal(listener.stats().flows, 1, 'the flow stays');
+});
+
+// Node's test switch --test-udp-no-try-send makes every send queue in libuv (on loopback a send
+// never has to wait): the path where a SendWrap is kept by its send and a new spare is made.
+const QUEUED_SCRIPT = `
+import dgram from 'node:dgram';
+import { rawUdp } from ${JSON.stringify(new URL('../../dist/internals.js', import.meta.url).href)};
+const rx = dgram.createSocket({ type: 'udp4', recvBufferSize: 4 << 20 });
+await new Promise((r) => rx.bind(0, '127.0.0.1', r));
+const got = [];
+const rr = rawUdp(rx, (m) => got.push(m));
+const tx = dgram.createSocket('udp4');
+await new Promise((r) => tx.connect(rx.address().port, '127.0.0.1', r));
+const rt = rawUdp(tx, () => {});
+const expected = (i) => Buffer.alloc(1 + (i * 37) % 3000, i & 255);
+for (let i = 0; i < 300; i++) {
+  const m = expected(i); // referenced by nothing but the send: the kept wrap must hold it
+  if (i % 2) rt.send(m); else rt.sendList([m.subarray(0, 1), m.subarray(1)]);
+}
+const queuedAfterSends = rt.queued();
+globalThis.gc();
+globalThis.gc();
+for (let i = 0; i < 300; i++) Buffer.alloc(1 + (i * 37) % 3000, 0xee); // reuse freed memory, if any
+setTimeout(() => {
+  const exact = got.length === 300 && got.every((m, i) => m.equals(expected(i)));
+  process.stdout.write(JSON.stringify({ raw: rr !== null && rt !== null, queuedAfterSends, queuedLater: rt.queued(), received: got.length, exact }));
+  rx.close(); tx.close();
+}, 500);
+`;
+
+t.test('sends that queue in libuv (forced with --test-udp-no-try-send) arrive byte-exact and in order', async (t) => {
+  const out = await new Promise<string>((resolve, reject) => {
+    execFile(process.execPath, ['--test-udp-no-try-send', '--expose-gc', '--input-type=module', '-e', QUEUED_SCRIPT], { timeout: 20_000 }, (err, stdout) => (err !== null ? reject(err) : resolve(stdout)));
+  });
+  t.same(JSON.parse(out), { raw: true, queuedAfterSends: 300, queuedLater: 0, received: 300, exact: true }, out);
 });
 
 // ---- fallback (process-wide: runs last) ----
