@@ -10,19 +10,12 @@
 // Addresses: source = the client as the host saw it, destination = the host address and port the
 // client connected to. IPv4-mapped IPv6 (`::ffff:a.b.c.d`, from a dual-stack listener) is written
 // as IPv4; if the two sides still differ in family, the IPv4 one is mapped into IPv6.
+//
+// proxy-protocol-js is loaded on the first header built, not at startup: most processes (the
+// docker shim runs one per published port) never send a header, and loading it costs ~7 ms.
 import { randomFillSync } from 'node:crypto';
-import {
-  Command,
-  INETProtocol,
-  IPv4Address,
-  IPv4ProxyAddress,
-  IPv6Address,
-  IPv6ProxyAddress,
-  Peer,
-  TransportProtocol,
-  V1ProxyProtocol,
-  V2ProxyProtocol,
-} from 'proxy-protocol-js';
+import { createRequire } from 'node:module';
+import type * as ProxyProtocolJs from 'proxy-protocol-js';
 import { formatEndpoint, formatIP, isMappedIPv4, mapToIPv6, parseIP, type ParsedIP } from '../addr.js';
 import type { Endpoint } from '../api.js';
 import { PortferryError } from '../errors.js';
@@ -55,6 +48,11 @@ export const PP2_TYPE_UNIQUE_ID = 0x05;
 export const PP2_UNIQUE_ID_MAX = 128;
 /** The longest v1 line, CRLF included. */
 export const PP1_MAX_LENGTH = 107;
+
+let lib: typeof ProxyProtocolJs | null = null;
+function pp(): typeof ProxyProtocolJs {
+  return (lib ??= createRequire(import.meta.url)('proxy-protocol-js') as typeof ProxyProtocolJs);
+}
 
 const V2_FIXED_LENGTH = 16; // signature, version/command, family/transport, length
 const V2_ADDRESS_LENGTH = { 4: 12, 6: 36 } as const;
@@ -93,6 +91,7 @@ export function buildProxyHeader(o: ProxyHeaderOptions): Buffer {
     if (o.tlvs?.uniqueId !== undefined || o.tlvs?.crc32c === true) {
       fail('PROXY v1 has no TLVs (UNIQUE_ID, CRC32C)', 'Use proxyProtocol v2 for TLVs, or turn the TLV options off.');
     }
+    const { V1ProxyProtocol, INETProtocol, Peer } = pp();
     const line = new V1ProxyProtocol(
       src.family === 4 ? INETProtocol.TCP4 : INETProtocol.TCP6,
       new Peer(formatIP(src), o.source.port),
@@ -108,6 +107,7 @@ export function buildProxyHeader(o: ProxyHeaderOptions): Buffer {
     fail(`the UNIQUE_ID TLV is ${uniqueId.length} bytes, more than ${PP2_UNIQUE_ID_MAX}`, 'Use newUniqueId() (16 bytes) or an id of at most 128 bytes.');
   }
   const withCrc = o.tlvs?.crc32c === true;
+  const { Command, IPv4Address, IPv4ProxyAddress, IPv6Address, IPv6ProxyAddress, TransportProtocol, V2ProxyProtocol } = pp();
   const transport = o.transport === 'stream' ? TransportProtocol.STREAM : TransportProtocol.DGRAM;
   const address =
     src.family === 4

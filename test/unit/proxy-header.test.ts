@@ -230,3 +230,23 @@ t.test('IPv6 parsing and formatting agree with the system (inet_pton/inet_ntop) 
   }
   t.equal(checked, 508, '254 patterns, written in full and compressed');
 });
+
+// The docker shim runs one process per published port and most never send a header: the library
+// is loaded on the first header built, not when the data path is imported.
+t.test('proxy-protocol-js is loaded on the first header, not at import', async (t) => {
+  const { spawnSync } = await import('node:child_process');
+  const dist = (p: string): string => fileURLToPath(new URL(`../../dist/${p}`, import.meta.url));
+  const script = [
+    "import { createRequire } from 'node:module';",
+    'const cache = createRequire(import.meta.url).cache;',
+    "const loaded = () => Object.keys(cache).some((k) => k.includes('proxy-protocol-js'));",
+    'await import(process.argv[1]);',
+    'const atImport = loaded();',
+    'const m = await import(process.argv[2]);',
+    "m.buildProxyHeader({ version: 'v1', transport: 'stream', source: { ip: '1.2.3.4', port: 1 }, destination: { ip: '5.6.7.8', port: 2 } });",
+    'console.log(JSON.stringify({ atImport, afterHeader: loaded() }));',
+  ].join('\n');
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script, dist('index.js'), dist('proxy/proxy-header.js')], { encoding: 'utf8' });
+  t.equal(r.status, 0, `the probe ran (${r.stderr.trim()})`);
+  t.same(JSON.parse(r.stdout), { atImport: false, afterHeader: true }, 'not loaded by importing the library; loaded by the first header');
+});
