@@ -11,7 +11,8 @@
 // - Bulk: a direction that has moved 1 MiB reads into a small ring of its own buffers (see
 //   OwnBufferRing) instead of a fresh allocation per read.
 // - Timers: one per connection, only while a timeout applies (idle; half-close once a direction
-//   has ended). Activity stamps `lastIo` on each read; the timer re-arms for what is left.
+//   has ended). Activity (a read, or a queued write completing) stamps `lastIo`; the timer
+//   re-arms for what is left.
 // - While dialling, the client is read already: its first bytes wait here (at most 64 KiB, then
 //   reading pauses) and are written after the PROXY header; a reset from the client aborts the
 //   dial, a FIN is remembered and passed on once the container is connected.
@@ -114,6 +115,7 @@ class RawDirection implements RawSocketOwner {
       this.conn.fail(status, !this.fromClient);
       return;
     }
+    if (this.conn.timerMs !== 0) this.conn.lastIo = Date.now(); // a slow reader taking bytes is activity too
     if (this.ring !== null) this.ring.written();
     else if (this.paused && (this.dst as RawSocket).pendingWrites === 0) this.resume();
   }
