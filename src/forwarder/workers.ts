@@ -6,7 +6,7 @@
 // The engine keeps every worker in step: a change goes to every live worker and is answered once
 // all have it; if any fails, it is taken back from all (all or nothing). A worker that starts
 // later (a replacement) is handed every TCP mapping there is, those of a change still in flight
-// included. cluster creates each listening socket once, for the first worker that asks, and shares
+// included, then catches up with what changed meanwhile (catchUp). cluster creates each listening socket once, for the first worker that asks, and shares
 // it; it closes it when the last worker lets go.
 import cluster, { type Worker } from 'node:cluster';
 import type { Listener } from '../api.js';
@@ -108,10 +108,9 @@ export class WorkerEngine implements Engine {
           // A replacement that comes up while we stop is told to stop at once.
           if (this.stopping) return void w.send({ t: 'stop', graceMs: 0 } satisfies ToWorker);
           w.send({ t: 'config', drainTimeoutMs: this.drainTimeoutMs } satisfies ToWorker);
-          this.request(w, { t: 'add', items: [...this.tcp.values()] }).then(
+          this.catchUp(w).then(
             () => {
               clearTimeout(timer);
-              this.live.add(w);
               resolve();
             },
             (err: unknown) => {
@@ -149,6 +148,30 @@ export class WorkerEngine implements Engine {
         }
       });
     });
+  }
+
+  /**
+   * Hands a new worker every TCP mapping, then what changed while it was busy: changes broadcast
+   * meanwhile went to the live workers only (an add that lands, or one taken back after it had
+   * been handed here). It joins the live set right after a check that finds nothing left to do,
+   * with no await in between, so no change can slip past it.
+   */
+  private async catchUp(w: Worker): Promise<void> {
+    const held = new Map<number, EngineItem>();
+    for (;;) {
+      const add = [...this.tcp.values()].filter((i) => held.get(i.id) !== i);
+      const remove = [...held.keys()].filter((id) => this.tcp.get(id) !== held.get(id));
+      if (add.length === 0 && remove.length === 0) break;
+      if (remove.length > 0) {
+        await this.request(w, { t: 'remove', ids: remove });
+        for (const id of remove) held.delete(id);
+      }
+      if (add.length > 0) {
+        await this.request(w, { t: 'add', items: add });
+        for (const i of add) held.set(i.id, i);
+      }
+    }
+    this.live.add(w);
   }
 
   private request(w: Worker, op: Op): Promise<StatsRow[]> {

@@ -9,7 +9,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { ApiClient } from '../../src/control/client.js';
-import { connectRefused, freePort, runCli } from '../helpers/net.js';
+import { connectRefused, freePort, runCli, until } from '../helpers/net.js';
 
 interface T {
   teardown(fn: () => unknown): void;
@@ -119,4 +119,52 @@ t.test('--workers 2: a runtime add reaches every worker, a remove too', async (t
   t.same(await client.listMappings(), [], 'nothing added');
   cli.child.kill('SIGTERM');
   t.equal(await cli.exited, 0);
+});
+
+// A replacement worker is handed every mapping when it says hello; changes that land while that
+// first add is under way were broadcast to the live workers only. It must catch up: a mapping
+// removed meanwhile must not stay bound in it (the port would keep accepting), one added
+// meanwhile must reach it.
+t.test('--workers 2: a replacement worker catches up with changes made while it was starting', async (t) => {
+  const sock = socketPath(t);
+  const sink = await hashSink(t);
+  const cli = runCli(t.teardown.bind(t), ['run', '--api', sock, '--workers', '2']);
+  const pids = (await cli.ready)['workerPids'] as number[];
+  const client = new ApiClient(sock);
+  // Many mappings make the replacement's first add long (each listen is a round trip to the
+  // primary), so that changes land while it runs.
+  const taken = new Set<number>();
+  const unusedPort = async (): Promise<number> => {
+    for (;;) {
+      const p = await freePort();
+      if (!taken.has(p)) return taken.add(p), p;
+    }
+  };
+  const many = [];
+  for (let i = 0; i < 150; i++) many.push({ hostIP: '127.0.0.1', hostPort: await unusedPort(), containerIP: '127.0.0.1', containerPort: sink });
+  await client.addMappings(many);
+  process.kill(pids[0] as number, 'SIGKILL');
+  await until(() => cli.stderr().includes('a worker died; starting a replacement'), 5000, 'the replacement to be forked');
+  const removed: number[] = [];
+  const stopAt = Date.now() + 2500;
+  await Promise.all(
+    Array.from({ length: 4 }, async () => {
+      while (Date.now() < stopAt) {
+        const port = await unusedPort();
+        const [m] = await client.addMappings([{ hostIP: '127.0.0.1', hostPort: port, containerIP: '127.0.0.1', containerPort: sink }]);
+        await new Promise((r) => setTimeout(r, 5));
+        await client.removeMapping(m?.id ?? 0);
+        removed.push(port);
+      }
+    }),
+  );
+  const late = await unusedPort();
+  await client.addMappings([{ hostIP: '127.0.0.1', hostPort: late, containerIP: '127.0.0.1', containerPort: sink }]);
+  await until(() => cli.stderr().includes('replacement worker ready'), 30_000, 'the replacement to be ready');
+  const stale = [];
+  for (const port of removed) if (!(await connectRefused(port))) stale.push(port);
+  t.same(stale, [], `none of the ${removed.length} mappings removed while the replacement started still accepts`);
+  const stats = await client.stats();
+  const rows = stats.flatMap((s) => s.listeners);
+  t.equal(rows.length, 2 * 151, 'both workers hold every mapping there is, and only those');
 });
