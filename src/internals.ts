@@ -28,7 +28,8 @@
 //    one spare SendWrap reused while sends complete synchronously (the handle returns bytes + 1 and
 //    has not touched the wrap); a send that had to queue keeps that wrap (and its buffers) and a
 //    new spare is made. Errors still reach the dgram socket's 'error' listeners.
-//    Fallback: the caller keeps dgram's 'message' events and send().
+//    Callers get a UdpPort from udpPort() either way; its fallback (DgramPort) is dgram's
+//    'message' events and send().
 // Over 350 lines on purpose: the project's rule is that every use of internals lives in this one
 // module.
 import dgram from 'node:dgram';
@@ -671,25 +672,65 @@ function checkRawUdp(): boolean {
   });
 }
 
-/** A dgram socket whose datagrams go through its UDP handle (see 3. above). Sends are fire and forget, as dgram's without a callback. */
-export class RawUdp {
+/**
+ * A dgram socket's datagrams, one interface either way: through its UDP handle (RawUdp, the fast
+ * path) or through dgram's public 'message' and send() (DgramPort, the fallback). Sends are fire
+ * and forget, as dgram's without a callback.
+ */
+export interface UdpPort {
+  /** Whether this port uses the fast path. */
+  readonly raw: boolean;
+  /** One datagram on a connected socket. */
+  send(msg: Buffer): void;
+  /** The buffers as one datagram on a connected socket. */
+  sendList(list: readonly Buffer[]): void;
+  /** One datagram to ip:port (an IP literal of the socket's family). */
+  sendTo(msg: Buffer, port: number, ip: string): void;
+  sendListTo(list: readonly Buffer[], port: number, ip: string): void;
+  /** Sends waiting in this process for the socket to take them. */
+  queued(): number;
+}
+
+/** The fallback: dgram's public API. */
+class DgramPort implements UdpPort {
+  readonly raw = false;
+  constructor(private readonly socket: dgram.Socket, onMessage: RawMessageHandler) {
+    socket.on('message', (msg, rinfo) => onMessage(msg, rinfo.address, rinfo.port));
+  }
+  send(msg: Buffer): void {
+    this.socket.send(msg);
+  }
+  sendList(list: readonly Buffer[]): void {
+    this.socket.send(list as Buffer[]);
+  }
+  sendTo(msg: Buffer, port: number, ip: string): void {
+    this.socket.send(msg, port, ip);
+  }
+  sendListTo(list: readonly Buffer[], port: number, ip: string): void {
+    this.socket.send(list as Buffer[], port, ip);
+  }
+  queued(): number {
+    return this.socket.getSendQueueCount();
+  }
+}
+
+/** A dgram socket whose datagrams go through its UDP handle (see 4. above). */
+class RawUdp implements UdpPort {
+  readonly raw = true;
   private readonly one: Buffer[] = [];
   /** A send has queued since the queue was last seen empty: only then is the handle asked. */
   private mayQueue = false;
   constructor(private readonly handle: UdpHandle) {}
 
-  /** Sends one datagram on a connected socket. */
   send(msg: Buffer): void {
     this.one[0] = msg;
     if (this.handle.send(spare as SendReq, this.one, 1, false) === 0) this.queuedWith(msg);
   }
 
-  /** Sends the buffers as one datagram on a connected socket. */
   sendList(list: readonly Buffer[]): void {
     if (this.handle.send(spare as SendReq, list, list.length, false) === 0) this.queuedWith(list);
   }
 
-  /** Sends one datagram to ip:port (ip literal, as the socket's family). */
   sendTo(msg: Buffer, port: number, ip: string): void {
     this.one[0] = msg;
     if (this.handle.send(spare as SendReq, this.one, 1, port, ip, false) === 0) this.queuedWith(msg);
@@ -699,7 +740,7 @@ export class RawUdp {
     if (this.handle.send(spare as SendReq, list, list.length, port, ip, false) === 0) this.queuedWith(list);
   }
 
-  /** Sends waiting in the process for the socket to take them (no call into the handle while none queued). */
+  /** No call into the handle while no send has queued. */
   queued(): number {
     if (!this.mayQueue) return 0;
     const n = this.handle.getSendQueueCount();
@@ -716,13 +757,18 @@ export class RawUdp {
 }
 
 /**
- * Switches `socket` to raw receive and send: its datagrams go to `onMessage` (no 'message' events;
- * receive errors, such as ICMP-driven ECONNREFUSED, are still emitted as 'error'), and the RawUdp
- * returned sends through the handle. Call it once the socket is bound (after bind's or connect's
- * callback). Null (nothing changed) when the fast path is off, the socket is not bound yet or is
- * closed: the caller keeps 'message' events and send().
+ * The datagram path of a bound socket (call it after bind's or connect's callback): its datagrams
+ * go to `onMessage`, and the port returned sends. Through the UDP handle when the fast path is on
+ * (no 'message' events; receive errors, such as ICMP-driven ECONNREFUSED, are still emitted as
+ * 'error'); through dgram's 'message' and send() when it is off or the socket has no handle (not
+ * bound yet, closed).
  */
-export function rawUdp(socket: dgram.Socket, onMessage: RawMessageHandler): RawUdp | null {
+export function udpPort(socket: dgram.Socket, onMessage: RawMessageHandler): UdpPort {
+  return rawUdp(socket, onMessage) ?? new DgramPort(socket, onMessage);
+}
+
+/** The fast path of udpPort, or null (nothing changed). */
+function rawUdp(socket: dgram.Socket, onMessage: RawMessageHandler): RawUdp | null {
   if (!checkRawUdp() || rawStateSymbol === null) return null;
   const handle = udpStateOf(socket, rawStateSymbol)?.handle as unknown as UdpHandle | undefined;
   // dgram sets the handle's onmessage when the socket starts listening (bind): ours must come after.

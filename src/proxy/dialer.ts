@@ -7,7 +7,7 @@ import dgram from 'node:dgram';
 import type { Endpoint } from '../api.js';
 import { canonicalIP, formatEndpoint } from '../addr.js';
 import { PortferryError, errnoCode } from '../errors.js';
-import { rawUdp } from '../internals.js';
+import { udpPort } from '../internals.js';
 
 export interface DialOptions {
   /** Give up after this long (ms) with PF_DIAL_TIMEOUT. */
@@ -223,31 +223,21 @@ export function wrapDgram(socket: dgram.Socket, unconnectedTarget?: Endpoint): U
   // does not match at once is canonicalised too: libuv writes a few rare forms its own way).
   const wanted = target === undefined ? '' : (canonicalIP(target.ip) ?? target.ip);
   const fromTarget = (address: string, port: number): boolean => port === target?.port && (address === wanted || canonicalIP(address) === wanted);
-  // Datagrams through the socket's handle when that fast path is on (src/internals.ts, rawUdp).
-  const raw = rawUdp(socket, target === undefined ? (msg) => messageHandler(msg) : (msg, address, port) => {
-    if (fromTarget(address, port)) messageHandler(msg);
+  // Through the socket's handle when that fast path is on (src/internals.ts: udpPort).
+  const port = udpPort(socket, target === undefined ? (msg) => messageHandler(msg) : (msg, address, from) => {
+    if (fromTarget(address, from)) messageHandler(msg);
   });
-  if (raw === null) {
-    if (target === undefined) socket.on('message', (msg) => messageHandler(msg));
-    else socket.on('message', (msg, rinfo) => {
-      if (fromTarget(rinfo.address, rinfo.port)) messageHandler(msg);
-    });
-  }
   return {
     send(payload) {
       if (closed) return;
-      if (raw === null) {
-        if (target === undefined) socket.send(payload as Buffer[]);
-        else socket.send(payload as Buffer[], target.port, target.ip);
-      } else if (Buffer.isBuffer(payload)) {
-        if (target === undefined) raw.send(payload);
-        else raw.sendTo(payload, target.port, target.ip);
-      } else if (target === undefined) raw.sendList(payload);
-      else raw.sendListTo(payload, target.port, target.ip);
+      if (Buffer.isBuffer(payload)) {
+        if (target === undefined) port.send(payload);
+        else port.sendTo(payload, target.port, target.ip);
+      } else if (target === undefined) port.sendList(payload);
+      else port.sendListTo(payload, target.port, target.ip);
     },
     queued() {
-      if (closed) return 0;
-      return raw !== null ? raw.queued() : socket.getSendQueueCount();
+      return closed ? 0 : port.queued();
     },
     onMessage(handler) {
       messageHandler = handler;

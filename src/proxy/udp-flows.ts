@@ -167,8 +167,7 @@ export class UdpFlows {
       c.drop('send-error');
       return;
     }
-    const raw = hs.raw;
-    if ((raw !== null ? raw.queued() : hs.socket.getSendQueueCount()) >= QUEUED_SENDS_MAX) {
+    if (hs.port.queued() >= QUEUED_SENDS_MAX) {
       c.drop('reply-queue-full');
       return;
     }
@@ -178,8 +177,7 @@ export class UdpFlows {
     c.datagramsToClient++;
     c.bytesToClient += msg.length;
     // No callback: one costs a process.nextTick per datagram (see wrapDgram).
-    if (raw !== null) raw.sendTo(msg, flow.port, flow.ip);
-    else hs.socket.send(msg, flow.port, flow.ip);
+    hs.port.sendTo(msg, flow.port, flow.ip);
   }
 
   private tooBigForHeader(flow: Flow, headerBytes: number, payloadBytes: number): void {

@@ -29,7 +29,7 @@ import type { Binding, Endpoint, Family } from '../api.js';
 import { PortferryError, errnoCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import { formatEndpoint, isUnspecified } from '../addr.js';
-import { rawUdp, type RawUdp } from '../internals.js';
+import { udpPort, type UdpPort } from '../internals.js';
 import { bindError } from './bind-error.js';
 import type { RateLimitedWarner } from './warn.js';
 
@@ -38,8 +38,8 @@ export interface HostSocket {
   readonly socket: dgram.Socket;
   readonly local: Endpoint;
   closed: boolean;
-  /** Sends through the socket's handle (src/internals.ts, rawUdp); null: the public dgram path. */
-  raw: RawUdp | null;
+  /** The socket's datagram path (src/internals.ts: through its handle, or dgram's public API). */
+  readonly port: UdpPort;
 }
 
 export interface HostSocketEvents {
@@ -166,17 +166,15 @@ export class HostSockets {
       socket.once('error', onBindError);
       socket.bind(this.fd !== undefined ? { fd: this.fd } : { port, address: ip, exclusive: true }, () => {
         socket.off('error', onBindError);
-        const hs: HostSocket = { socket, local: { ip, port: socket.address().port }, closed: false, raw: null };
+        const local = { ip, port: socket.address().port };
         if (this.closed) {
-          closeHostSocket(hs);
-          reject(new PortferryError('PF_BIND_FAILED', `udp ${formatEndpoint(hs.local)} was closed while it was being bound`));
+          closeQuietly(socket);
+          reject(new PortferryError('PF_BIND_FAILED', `udp ${formatEndpoint(local)} was closed while it was being bound`));
           return;
         }
         const events = this.events;
-        socket.on('error', (e) => this.warner.warn(`host:${errnoCode(e) ?? 'error'}`, { errno: errnoCode(e) ?? e.message, address: formatEndpoint(hs.local) }, 'udp host socket error'));
-        // Datagrams through the handle when the fast path is on (no 'message' event, no rinfo).
-        hs.raw = rawUdp(socket, (msg, address, clientPort) => events.message(hs, msg, address, clientPort));
-        if (hs.raw === null) socket.on('message', (msg, rinfo) => events.message(hs, msg, rinfo.address, rinfo.port));
+        socket.on('error', (e) => this.warner.warn(`host:${errnoCode(e) ?? 'error'}`, { errno: errnoCode(e) ?? e.message, address: formatEndpoint(local) }, 'udp host socket error'));
+        const hs: HostSocket = { socket, local, closed: false, port: udpPort(socket, (msg, address, clientPort) => events.message(hs, msg, address, clientPort)) };
         this.sockets.set(ip, hs);
         resolve(hs);
       });

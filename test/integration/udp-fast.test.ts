@@ -70,17 +70,17 @@ t.test('ICMP port unreachable still reaches the flow as an error (backend-unreac
 // never has to wait): the path where a SendWrap is kept by its send and a new spare is made.
 const QUEUED_SCRIPT = `
 import dgram from 'node:dgram';
-import { rawUdp } from ${JSON.stringify(new URL('../../dist/internals.js', import.meta.url).href)};
+import { udpPort } from ${JSON.stringify(new URL('../../dist/internals.js', import.meta.url).href)};
 const rx = dgram.createSocket({ type: 'udp4', recvBufferSize: 4 << 20 });
 await new Promise((r) => rx.bind(0, '127.0.0.1', r));
 const got = [];
-const rr = rawUdp(rx, (m) => {
+const rr = udpPort(rx, (m) => {
   got.push(m);
   if (got.length === 300) report();
 });
 const tx = dgram.createSocket('udp4');
 await new Promise((r) => tx.connect(rx.address().port, '127.0.0.1', r));
-const rt = rawUdp(tx, () => {});
+const rt = udpPort(tx, () => {});
 const expected = (i) => Buffer.alloc(1 + (i * 37) % 3000, i & 255);
 for (let i = 0; i < 300; i++) {
   const m = expected(i); // referenced by nothing but the send: the kept wrap must hold it
@@ -94,7 +94,7 @@ const timer = setTimeout(report, 5000); // when datagrams are missing
 function report() {
   clearTimeout(timer);
   const exact = got.length === 300 && got.every((m, i) => m.equals(expected(i)));
-  process.stdout.write(JSON.stringify({ raw: rr !== null && rt !== null, queuedAfterSends, queuedLater: rt.queued(), received: got.length, exact }));
+  process.stdout.write(JSON.stringify({ raw: rr.raw && rt.raw, queuedAfterSends, queuedLater: rt.queued(), received: got.length, exact }));
   rx.close(); tx.close();
 }
 `;
