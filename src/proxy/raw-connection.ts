@@ -21,7 +21,7 @@
 import { getSystemErrorName } from 'node:util';
 import type { RelayEndReason, RelayResult } from '../api.js';
 import { RawSocket, type RawSocketOwner } from '../internals.js';
-import { relayTimeoutMs, type DirectionState, type RelayOptions } from './relay.js';
+import { FAST_AFTER_BYTES, RING_BUFFERS, RING_BUFFER_MAX, RING_BUFFER_MIN, failureReason, relayTimeoutMs, type DirectionState, type RelayOptions } from './relay.js';
 
 /** What the connection needs from its listener. */
 export interface RawConnectionHost extends RelayOptions {
@@ -34,17 +34,14 @@ export interface RawConnectionHost extends RelayOptions {
   dialFailed(conn: RawConnection, errno: string): void;
   /** The header could not be built (the error); the connection is reset. */
   headerFailed(conn: RawConnection, err: unknown): void;
-  /** Called once when the connection has ended (also after a failed dial: reason 'destroyed' then). */
+  /** Called once when the connection has ended: its result, or null when it never relayed (the dial failed, the client left, the listener closed). */
   ended(conn: RawConnection, result: RelayResult | null): void;
 }
 
 type Phase = 'dialling' | 'relaying' | 'ended';
 
-const FAST_AFTER_BYTES = 1024 * 1024;
+/** Client bytes held while dialling before reading pauses. */
 const EARLY_MAX = 64 * 1024;
-const RING_BUFFERS = 4;
-const RING_BUFFER_MIN = 128 * 1024;
-const RING_BUFFER_MAX = 1024 * 1024;
 
 /** One direction: reads `src`, writes `dst` (null until the container is connected). */
 class RawDirection implements RawSocketOwner {
@@ -281,8 +278,8 @@ export class RawConnection {
     const pending = this.pending;
     this.pending = null;
     if (pending !== null) for (const b of pending) this.up.bytes += b.length, this.writeUp(b);
+    if (this.phase !== 'relaying') return; // a write failed: the connection has ended
     this.armTimer();
-    if (this.phase !== 'relaying') return;
     if (this.clientEof) this.up.ended();
     else if (this.up.paused && container.pendingWrites === 0) this.up.resume();
     if (this.phase === 'relaying') container.readStart();
@@ -346,9 +343,7 @@ export class RawConnection {
       return;
     }
     const code = getSystemErrorName(errno);
-    const reset = code === 'ECONNRESET' || code === 'EPIPE';
-    const reason: RelayEndReason = client ? (reset ? 'client-reset' : 'client-error') : reset ? 'container-reset' : 'container-error';
-    this.finish(reason, true, code);
+    this.finish(failureReason(code, client), true, code);
   }
 
   /** Aborts now: both sockets are reset. Idempotent. */

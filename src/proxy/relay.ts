@@ -48,11 +48,22 @@ export function relayTimeoutMs(o: RelayOptions, halfClosed: boolean): number {
 }
 type Side = 'client' | 'container';
 
-/** A direction that has moved this much is a bulk transfer and reads into its own buffers. */
-const FAST_AFTER_BYTES = 1024 * 1024;
-const RING_BUFFERS = 4;
-const RING_BUFFER_MIN = 128 * 1024;
-const RING_BUFFER_MAX = 1024 * 1024;
+/**
+ * Bulk mode, for both connection paths (this relay and raw-connection.ts): a direction that has
+ * moved FAST_AFTER_BYTES reads into a ring of RING_BUFFERS buffers of its own, each starting at
+ * RING_BUFFER_MIN and doubling up to RING_BUFFER_MAX while reads fill it.
+ */
+export const FAST_AFTER_BYTES = 1024 * 1024;
+export const RING_BUFFERS = 4;
+export const RING_BUFFER_MIN = 128 * 1024;
+export const RING_BUFFER_MAX = 1024 * 1024;
+
+/** Why a connection ended when a read, write or shutdown failed with `code` on the client's side or the container's. */
+export function failureReason(code: string | undefined, client: boolean): RelayEndReason {
+  const reset = code === 'ECONNRESET' || code === 'EPIPE';
+  if (client) return reset ? 'client-reset' : 'client-error';
+  return reset ? 'container-reset' : 'container-error';
+}
 
 /** On each relayed socket: the direction that reads from it. */
 const kDirection = Symbol('relay direction');
@@ -306,9 +317,7 @@ export class Relay {
   failed(err: Error, side: Side): void {
     if (this.result !== null) return;
     const code = errnoCode(err);
-    const reset = code === 'ECONNRESET' || code === 'EPIPE';
-    const reason: RelayEndReason = side === 'client' ? (reset ? 'client-reset' : 'client-error') : reset ? 'container-reset' : 'container-error';
-    this.finish(reason, true, code);
+    this.finish(failureReason(code, side === 'client'), true, code);
   }
 
   closedEarly(socket: net.Socket, side: Side): void {
