@@ -320,6 +320,13 @@ interface RawBindings {
   readonly kAsync: number;
 }
 
+/** One of Node's internal bindings (rawTcp, rawUdp); throws when this Node does not offer them (or the permission model forbids them). */
+function nodeBinding(name: 'tcp_wrap' | 'stream_wrap' | 'udp_wrap'): Record<string, unknown> {
+  const binding = (process as unknown as { binding?: (name: string) => Record<string, unknown> }).binding;
+  if (typeof binding !== 'function') throw new Error('no process.binding');
+  return binding(name);
+}
+
 const kRawSocket = Symbol('raw socket');
 const UV_EOF = -4095;
 let rawB: RawBindings | null = null;
@@ -329,10 +336,8 @@ function checkRawTcp(): boolean {
   if (st.checked) return st.off === null;
   st.checked = true;
   try {
-    const binding = (process as unknown as { binding?: (name: string) => Record<string, unknown> }).binding;
-    if (typeof binding !== 'function') throw new Error('no process.binding');
-    const tcp = binding('tcp_wrap');
-    const sw = binding('stream_wrap');
+    const tcp = nodeBinding('tcp_wrap');
+    const sw = nodeBinding('stream_wrap');
     const consts = tcp['constants'] as Record<string, number> | undefined;
     const proto = (tcp['TCP'] as { prototype?: Record<string, unknown> } | undefined)?.prototype;
     const need = ['readStart', 'readStop', 'writeBuffer', 'shutdown', 'reset', 'close', 'setNoDelay', 'getpeername', 'getsockname', 'connect', 'connect6', 'useUserBuffer'];
@@ -358,11 +363,6 @@ function checkRawTcp(): boolean {
     st.off = `this Node (${process.version}) cannot: ${err instanceof Error ? err.message : String(err)}`;
     return false;
   }
-}
-
-/** Whether new connections take the raw path now. */
-export function rawTcpOn(): boolean {
-  return checkRawTcp() && state.rawTcp.off === null;
 }
 
 /** One write request kept spare: used again as long as writes complete at once (the usual case). */
@@ -553,19 +553,21 @@ const NO_OWNER: RawSocketOwner = {
 /**
  * Takes over `server`'s accepts (call it once listening): each connection comes to `onAccept`
  * as a RawSocket (set its owner there), or — with the fast path off, also when turned off at
- * runtime — as a paused net.Socket with TCP_NODELAY, as 'connection' would give it. Accept errors
+ * runtime — as a paused net.Socket, as 'connection' would give it; both with TCP_NODELAY. Accept errors
  * (EMFILE …) go to `onError` with the errno. Returns false (nothing changed) when the server's
  * handle does not fit; the caller then listens for 'connection' as usual.
  */
 export function acceptRaw(server: net.Server, onAccept: (c: AcceptedConnection) => void, onError: (errno: number) => void): boolean {
-  const handle = (server as unknown as { _handle?: { onconnection?: unknown } | null })._handle;
-  if (!checkRawTcp() || handle === null || handle === undefined || typeof handle.onconnection !== 'function') return false;
+  const handle = (server as unknown as { _handle?: { onconnection?: unknown; setNoDelay?: unknown } | null })._handle;
+  if (!checkRawTcp() || handle === null || handle === undefined || typeof handle.onconnection !== 'function' || typeof handle.setNoDelay !== 'function') return false;
+  // Set once on the listening socket: Linux gives every accepted socket the listener's
+  // TCP_NODELAY, so no connection needs its own setsockopt (what net.Server's noDelay does).
+  if ((handle.setNoDelay as (on: boolean) => number).call(handle, true) !== 0) return false;
   handle.onconnection = (err: number, client: TcpHandle | undefined): void => {
     if (err !== 0 || client === undefined) {
       onError(err);
       return;
     }
-    client.setNoDelay(true);
     if (state.rawTcp.off === null) {
       state.rawTcp.uses++;
       onAccept({ raw: RawSocket.accepted(client, NO_OWNER), socket: null });
@@ -662,11 +664,11 @@ let spare: SendReq | null = null;
 
 function checkRawUdp(): boolean {
   return checkDgramHandle('rawUdp', 'udp4', (sym, handle) => {
-    const binding = (process as unknown as { binding(name: string): { SendWrap?: unknown } }).binding('udp_wrap');
-    if (typeof binding.SendWrap !== 'function' || typeof handle['send'] !== 'function' || typeof handle['getSendQueueCount'] !== 'function') {
+    const binding = nodeBinding('udp_wrap');
+    if (typeof binding['SendWrap'] !== 'function' || typeof handle['send'] !== 'function' || typeof handle['getSendQueueCount'] !== 'function') {
       return `this Node (${process.version}) has no udp_wrap SendWrap, or no UDP handle send()/getSendQueueCount()`;
     }
-    SendWrap = binding.SendWrap as new () => SendReq;
+    SendWrap = binding['SendWrap'] as new () => SendReq;
     rawStateSymbol = sym;
     return null;
   });

@@ -1,8 +1,9 @@
 // The TCP data path on real sockets: integrity, half-close, resets, backend down, ranges, IPv6.
 import t from 'tap';
 import net from 'node:net';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { loadMappings } from '../../src/config/index.js';
 import { silentLogger } from '../../src/log.js';
 import { DirectDialer } from '../../src/proxy/dialer.js';
@@ -326,6 +327,25 @@ t.test('idle timeout closes a silent connection; traffic keeps it open', async (
   t.equal(res.data.toString(), 'xxxxx', 'echoed while active');
   await until(() => fwd.records.some((x) => x['reason'] === 'idle-timeout'), 5000, 'idle-timeout log');
   t.pass('closed for idleness');
+});
+
+// TCP_NODELAY is set once on the listening socket (accepted sockets inherit it on Linux) and on
+// each dialled socket. Read back from the kernel through a copy of each descriptor (pidfd_getfd).
+t.test('TCP_NODELAY on both sockets of a relayed connection: the accepted one inherits it from the listener', skipUnless({ root: true, tools: ['python3'] }), async (t) => {
+  const echo = await echoServer(t.teardown);
+  const fwd = await startManager(t.teardown, [testMapping({ containerPort: echo.port })]);
+  const client = await connect(fwd.port());
+  t.teardown(() => client.destroy());
+  client.write('x');
+  await until(() => client.bytesRead === 1, 5000, 'the echo');
+  const script = fileURLToPath(new URL('../fixtures/tcp/nodelay.py', import.meta.url));
+  const r = spawnSync('python3', [script, String(process.pid), String(fwd.port()), String(echo.port)], { encoding: 'utf8' });
+  t.equal(r.status, 0, `the probe ran (${r.stderr.trim()})`);
+  const socks = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as { local: number; peer: number | null; nodelay: number });
+  const accepted = socks.filter((s) => s.local === fwd.port() && s.peer !== null);
+  const dialled = socks.filter((s) => s.peer === echo.port);
+  t.same(accepted.map((s) => s.nodelay), [1], 'the accepted socket has TCP_NODELAY');
+  t.same(dialled.map((s) => s.nodelay), [1], 'the dialled socket has TCP_NODELAY');
 });
 
 t.test('maxConnections refuses connections over the limit and counts them', async (t) => {
