@@ -716,10 +716,13 @@ class DgramPort implements UdpPort {
   }
 }
 
+const NO_DATAGRAM = Buffer.alloc(0);
+
 /** A dgram socket whose datagrams go through its UDP handle (see 4. above). */
 class RawUdp implements UdpPort {
   readonly raw = true;
-  private readonly one: Buffer[] = [];
+  /** The one-element list a single datagram is sent as (reused: no array per send). */
+  private readonly one: Buffer[] = [NO_DATAGRAM];
   /** A send has queued since the queue was last seen empty: only then is the handle asked. */
   private mayQueue = false;
   constructor(private readonly handle: UdpHandle) {}
@@ -727,6 +730,7 @@ class RawUdp implements UdpPort {
   send(msg: Buffer): void {
     this.one[0] = msg;
     if (this.handle.send(spare as SendReq, this.one, 1, false) === 0) this.queuedWith(msg);
+    this.one[0] = NO_DATAGRAM; // an idle flow must not keep its last datagram alive
   }
 
   sendList(list: readonly Buffer[]): void {
@@ -736,6 +740,7 @@ class RawUdp implements UdpPort {
   sendTo(msg: Buffer, port: number, ip: string): void {
     this.one[0] = msg;
     if (this.handle.send(spare as SendReq, this.one, 1, port, ip, false) === 0) this.queuedWith(msg);
+    this.one[0] = NO_DATAGRAM;
   }
 
   sendListTo(list: readonly Buffer[], port: number, ip: string): void {
