@@ -157,9 +157,21 @@ export const CATALOGUE = {
     meaning: 'The `--state` file is JSON but not a portferry state (wrong version or shape, or a mapping that no longer validates); portferry did not start and left the file as it was.',
     fix: 'Fix what the message names, or move the file aside (`mv FILE FILE.bad`) to start without the runtime mappings it kept.',
   },
+  PF_STATE_NOT_FILE: {
+    meaning: 'The `--state` path is not a regular file (a FIFO, a device such as /dev/zero, a socket or a directory); it was not read and portferry did not start.',
+    fix: 'Give `--state` the path of a regular file, or of one that does not exist yet (portferry creates it, 0600).',
+  },
+  PF_STATE_TOO_LARGE: {
+    meaning: 'The `--state` file is larger than any state portferry writes (16 MiB); it was not read and portferry did not start.',
+    fix: 'Check that `--state` names portferry\'s state file and not another file; restore it from a backup, or move it aside to start without the runtime mappings it kept.',
+  },
   PF_STATE_WRITE: {
-    meaning: 'Writing the `--state` file failed; the previous state file is unchanged.',
-    fix: 'Read the system error in the message: check the directory is writable and the file system has space.',
+    meaning: 'Writing the `--state` file failed; the previous state file is unchanged. At runtime the change was undone (nothing of it is bound) and the API answered 507.',
+    fix: 'Read the system error in the message: check the directory is writable and the file system has space, then send the change again.',
+  },
+  PF_STATE_LOCKED: {
+    meaning: 'Another running portferry uses the same `--state` file (the message names its pid), or the lock beside the file could not be taken; this one did not start (or, at runtime, did not save the change).',
+    fix: 'Stop the other portferry first, or give this one another `--state` file; if no other portferry runs, check that the state directory is writable.',
   },
 
   // -- kernel rules (src/rules) --

@@ -10,7 +10,7 @@ export type { Mapping, Protocol, Endpoint, ListenerStats, TcpStats, UdpStats, Re
 export { PortferryError, CATALOGUE, type ErrorCode } from './errors.js';
 export { createLogger, type Logger, type LoggerOptions } from './log.js';
 export { loadMappings, mappingsFromObjects, mappingToObject } from './config/index.js';
-export { Forwarder, startForwarder, type Entry, type Origin, type ForwarderOptions, type StatsRow } from './forwarder/index.js';
+export { Forwarder, startForwarder, type Entry, type Origin, type ForwarderOptions, type ForwarderSnapshot, type Recorder, type StatsRow } from './forwarder/index.js';
 export { startApiServer, type ApiServer, type ApiServerOptions } from './control/server.js';
 export { ApiClient, apiRequest, defaultApiSocket, type MappingStatus } from './control/client.js';
 export { VERSION } from './version.js';

@@ -1,7 +1,8 @@
 // `portferry run`: parse argv, then hand everything to the forwarder service (src/forwarder):
 // bind every mapping (or none), restore the state file, serve the runtime API and metrics, log
 // `ready`, serve until SIGTERM/SIGINT, drain for --drain-timeout, exit 0. SIGHUP reloads the
-// command line's mappings (-p and the -c file) without touching the others.
+// command line's mappings (-p and the -c file) without touching the others. The signals are
+// handled from the start (before ready: SIGHUP is deferred, SIGTERM/SIGINT stop the start-up).
 import { execFile } from 'node:child_process';
 import cluster from 'node:cluster';
 import os from 'node:os';
@@ -11,7 +12,7 @@ import { DEFAULTS } from '../config/defaults.js';
 import { defaultApiSocket } from '../control/client.js';
 import { parseMetricsAddress, startMetricsServer, type MetricsRow, type MetricsServer } from '../control/metrics.js';
 import { startApiServer, type ApiServer } from '../control/server.js';
-import { loadState, saveState } from '../control/state.js';
+import { loadState, lockState, saveState, type StateLock } from '../control/state.js';
 import { mappingToObject } from '../config/index.js';
 import { formatHostPort } from '../addr.js';
 import type { StatsRow } from '../forwarder/engine.js';
@@ -86,63 +87,27 @@ async function loadCommandLine(flags: RunFlags, mayBeEmpty: boolean): Promise<re
   }
 }
 
+/** Thrown at the next step of the start-up once SIGTERM/SIGINT came: the start stops there. */
+class StopDuringStart extends Error {}
+
 /** Starts everything; returns an exit code when it could not start, undefined when serving. */
 async function serve(flags: RunFlags, logger: Logger): Promise<number | undefined> {
   const apiPath = flags.api === true ? defaultApiSocket() : flags.api;
+  let engine: WorkerEngine | undefined;
   let forwarder: Forwarder | null = null;
   let api: ApiServer | null = null;
   let metrics: MetricsServer | null = null;
-  raiseNofileLimit(logger);
-  const fastPaths = await selfTest();
-  for (const [name, status] of Object.entries(fastPaths)) {
-    if (!status.on) logger.warn({ fastPath: name, why: status.why }, 'a fast path of the data path is off; the public Node API is used instead (slower, same bytes)');
-  }
-  try {
-    const mappings = await loadCommandLine(flags, apiPath !== undefined || flags.state !== undefined);
-    // A state file that cannot be used stops the start before anything is bound.
-    const restored = flags.state === undefined ? null : await loadState(flags.state);
-    const engine = flags.workers > 1 ? await WorkerEngine.start({ workers: flags.workers, drainTimeoutMs: flags.drainTimeout }, logger) : undefined;
-    forwarder = new Forwarder({ logger, ...(engine !== undefined ? { engine } : {}), ...(restored !== null ? { nextId: restored.state.nextId } : {}) });
-    if (restored !== null && restored.mappings.length > 0) {
-      await forwarder.add(restored.mappings, { origin: 'state', ids: restored.state.entries.map((e) => e.id), owners: restored.state.entries.map((e) => e.owner) });
-    }
-    await forwarder.add(mappings, { origin: 'cli' });
-    if (flags.state !== undefined) keepState(forwarder, flags.state, logger);
-    if (apiPath !== undefined) {
-      api = await startApiServer({ socketPath: apiPath, forwarder, logger, childNetns: flags.netns ?? null, version: VERSION, stateFile: flags.state ?? null });
-    }
-    if (flags.metrics !== undefined) {
-      const source = forwarder;
-      metrics = await startMetricsServer({ ...flags.metrics, logger, collect: async () => metricsRows(source, await source.stats()) });
-    }
-  } catch (err) {
-    forwarder?.destroy();
-    await Promise.all([api?.close(), metrics?.close()]);
-    return reportError(err);
-  }
-  const running = forwarder;
-  logReady(logger, running, { fastPaths: Object.fromEntries(Object.entries(fastPaths).map(([k, v]) => [k, v.on])), ...(api !== null ? { api: api.socketPath } : {}), ...(metrics !== null ? { metrics: formatHostPort(metrics.address.ip, metrics.address.port) } : {}), ...(flags.state !== undefined ? { state: flags.state } : {}) });
-  notifySystemd(logger);
+  let lock: StateLock | null = null;
 
-  let stopping = false;
-  const onSignal = (signal: NodeJS.Signals): void => {
-    if (stopping) {
-      logger.warn({ signal }, 'second signal: closing every connection now');
-      running.destroy();
-      return;
-    }
-    stopping = true;
-    logger.info({ signal, drainTimeoutMs: flags.drainTimeout }, 'stopping: no new connections; open ones may finish');
-    void Promise.all([api?.close(), metrics?.close(), running.close(flags.drainTimeout)]).then(() => {
-      logger.info('stopped');
-      logger.flush();
-      process.exit(EXIT_OK);
-    });
-  };
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
-  process.on('SIGHUP', () => {
-    if (stopping) return;
+  // Signals are ours from the very start: restoring a big state file takes a while, and before
+  // ready the default action of SIGHUP (end the process, no log line) would still apply.
+  // Before ready: SIGHUP is logged and the reload runs once ready; SIGTERM/SIGINT stop the start
+  // at its next step (and abort a restore that is binding), then exit 0.
+  let phase: 'starting' | 'running' | 'stopping' = 'starting';
+  let stopRequested = false;
+  let reloadPending = false;
+  const stopping = (): boolean => phase === 'stopping' || stopRequested;
+  const reload = (running: Forwarder): void => {
     logger.info('SIGHUP: reloading the command line\'s mappings (-p, -c)');
     loadCommandLine(flags, true)
       .then((mappings) => running.replaceCommandLine(mappings))
@@ -153,17 +118,116 @@ async function serve(flags: RunFlags, logger: Logger): Promise<number | undefine
           logger.error({ code: e.code, err: e.format() }, 'reload failed; the mappings stay as they were');
         },
       );
+  };
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (phase === 'starting') {
+      if (stopRequested) logger.warn({ signal }, 'second signal during start-up: stopping now');
+      else logger.info({ signal }, 'stopping during start-up: nothing more is bound');
+      stopRequested = true;
+      forwarder?.destroy();
+      return;
+    }
+    const running = forwarder;
+    if (running === null) return;
+    if (phase === 'stopping') {
+      logger.warn({ signal }, 'second signal: closing every connection now');
+      running.destroy();
+      return;
+    }
+    phase = 'stopping';
+    logger.info({ signal, drainTimeoutMs: flags.drainTimeout }, 'stopping: no new connections; open ones may finish');
+    void Promise.all([api?.close(), metrics?.close(), running.close(flags.drainTimeout)]).then(() => {
+      logger.info('stopped');
+      logger.flush();
+      process.exit(EXIT_OK);
+    });
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  process.on('SIGHUP', () => {
+    if (stopping()) return;
+    if (phase === 'starting') {
+      if (!reloadPending) logger.info({ signal: 'SIGHUP' }, 'SIGHUP before ready: the command line\'s mappings are reloaded once start-up is done');
+      reloadPending = true;
+      return;
+    }
+    if (forwarder !== null) reload(forwarder);
   });
+  /** Each step of the start-up: stops there once SIGTERM/SIGINT came. */
+  const step = async <T>(work: Promise<T> | T): Promise<T> => {
+    const value = await work;
+    if (stopRequested) throw new StopDuringStart();
+    return value;
+  };
+
+  raiseNofileLimit(logger);
+  let fastPaths: Awaited<ReturnType<typeof selfTest>>;
+  try {
+    fastPaths = await step(selfTest());
+    for (const [name, status] of Object.entries(fastPaths)) {
+      if (!status.on) logger.warn({ fastPath: name, why: status.why }, 'a fast path of the data path is off; the public Node API is used instead (slower, same bytes)');
+    }
+    const mappings = await step(loadCommandLine(flags, apiPath !== undefined || flags.state !== undefined));
+    // One daemon per state file (the lock names its pid); released when this process exits.
+    if (flags.state !== undefined) {
+      const held = await step(lockState(flags.state));
+      lock = held;
+      process.once('exit', () => held.release());
+    }
+    // A state file that cannot be used stops the start before anything is bound.
+    const restored = flags.state === undefined ? null : await step(loadState(flags.state));
+    engine = flags.workers > 1 ? await step(WorkerEngine.start({ workers: flags.workers, drainTimeoutMs: flags.drainTimeout }, logger)) : undefined;
+    forwarder = new Forwarder({ logger, ...(engine !== undefined ? { engine } : {}), ...(restored !== null ? { nextId: restored.state.nextId } : {}) });
+    if (restored !== null && restored.mappings.length > 0) {
+      logger.info({ mappings: restored.mappings.length, state: flags.state }, 'restoring the mappings of the state file');
+      await step(forwarder.add(restored.mappings, { origin: 'state', ids: restored.state.entries.map((e) => e.id), owners: restored.state.entries.map((e) => e.owner) }));
+    }
+    await step(forwarder.add(mappings, { origin: 'cli' }));
+    if (flags.state !== undefined && lock !== null) keepState(forwarder, flags.state, lock);
+    if (apiPath !== undefined) {
+      api = await step(startApiServer({ socketPath: apiPath, forwarder, logger, childNetns: flags.netns ?? null, version: VERSION, stateFile: flags.state ?? null }));
+    }
+    if (flags.metrics !== undefined) {
+      const source = forwarder;
+      metrics = await step(startMetricsServer({ ...flags.metrics, logger, collect: async () => metricsRows(source, await source.stats()) }));
+    }
+  } catch (err) {
+    if (forwarder !== null) forwarder.destroy();
+    else engine?.destroy();
+    await Promise.all([api?.close(), metrics?.close()]);
+    lock?.release();
+    if (stopRequested) {
+      logger.info('stopped');
+      logger.flush();
+      process.exit(EXIT_OK);
+    }
+    return reportError(err);
+  }
+  const running = forwarder;
+  phase = 'running';
+  logReady(logger, running, { fastPaths: Object.fromEntries(Object.entries(fastPaths).map(([k, v]) => [k, v.on])), ...(api !== null ? { api: api.socketPath } : {}), ...(metrics !== null ? { metrics: formatHostPort(metrics.address.ip, metrics.address.port) } : {}), ...(flags.state !== undefined ? { state: flags.state } : {}) });
+  notifySystemd(logger);
+  if (reloadPending) reload(running);
   return undefined;
 }
 
-/** After every change, the runtime mappings (not the command line's) go to the state file. */
-function keepState(forwarder: Forwarder, file: string, logger: Logger): void {
-  forwarder.onChange(() => {
-    const entries = forwarder.list().filter((e) => e.origin !== 'cli').map((e) => ({ id: e.id, owner: e.owner, mapping: mappingToObject(e.mapping) }));
-    return saveState(file, { version: 1, nextId: forwarder.nextId, entries }).catch((err: unknown) => {
-      logger.error({ err: isPortferryError(err) ? err.format() : String(err), file }, 'could not write the state file; the running mappings are unchanged');
-    });
+/**
+ * Every change is recorded in the state file (the runtime mappings, not the command line's)
+ * before it is answered; a change that cannot be (a full file system, the lock lost) is undone by
+ * the forwarder and fails with PF_STATE_WRITE — the API answers 507.
+ */
+function keepState(forwarder: Forwarder, file: string, lock: StateLock): void {
+  forwarder.recordWith(async ({ nextId, entries }) => {
+    const kept = entries.filter((e) => e.origin !== 'cli').map((e) => ({ id: e.id, owner: e.owner, mapping: mappingToObject(e.mapping) }));
+    try {
+      await lock.check();
+      // nextId is the forwarder's: it never goes back, so neither does the file's.
+      await saveState(file, { version: 1, nextId, entries: kept });
+    } catch (err) {
+      const e = isPortferryError(err) ? err : new PortferryError('PF_STATE_WRITE', `cannot write state file ${file}: ${String(err)}`, { cause: err });
+      const why = e.code === 'PF_STATE_WRITE' ? e.message : `cannot save to state file ${file}: ${e.code}: ${e.message}`;
+      throw new PortferryError('PF_STATE_WRITE', `${why}; the change was undone`, { cause: e, details: { file, ...e.details }, ...(e.code === 'PF_STATE_WRITE' ? {} : { hint: e.hint }) });
+    }
   });
 }
 

@@ -38,6 +38,7 @@ const STATUS: Partial<Record<ErrorCode, number>> = {
   PF_SHUTTING_DOWN: 503,
   PF_WORKER: 500,
   PF_NETNS_HELPER: 500,
+  PF_STATE_WRITE: 507,
 };
 
 function statusOf(err: PortferryError): number {

@@ -5,6 +5,8 @@
 //
 // Ids start at 1 and are never reused while the process lives (a state file carries nextId on).
 // A change is all or nothing: on any error nothing of it stays bound and the registry is as before.
+// With a recorder (`run --state`), a change is answered only once it is recorded; a change that
+// cannot be recorded is undone and fails with the recorder's error.
 import type { Listener, Mapping } from '../api.js';
 import { findConflicts, mappingToObject, throwIfProblems } from '../config/index.js';
 import { checkListenerBudget } from '../config/validate.js';
@@ -32,6 +34,16 @@ export interface ForwarderOptions {
 
 type State = 'open' | 'closing' | 'closed';
 
+/** The registry as a change leaves it: what a recorder writes down. */
+export interface ForwarderSnapshot {
+  /** The next id to hand out: above every id handed out so far, also by changes that failed. */
+  readonly nextId: number;
+  /** Every entry, by id. */
+  readonly entries: readonly Entry[];
+}
+
+export type Recorder = (snapshot: ForwarderSnapshot) => Promise<void>;
+
 /** Two mappings are the same when every option is (where they came from does not count). */
 function sameMapping(a: Mapping, b: Mapping): boolean {
   return JSON.stringify(mappingToObject(a)) === JSON.stringify(mappingToObject(b));
@@ -41,6 +53,7 @@ export class Forwarder {
   readonly engine: Engine;
   private readonly entries = new Map<number, Entry>();
   private readonly changeListeners = new Set<() => void | Promise<void>>();
+  private recorder: Recorder | null = null;
   private queue: Promise<unknown> = Promise.resolve();
   private state: State = 'open';
   private nextIdValue: number;
@@ -57,12 +70,27 @@ export class Forwarder {
   }
 
   /**
-   * Called after every change that went through (for the state file). The change answers only
-   * once every listener's promise has settled, so a caller told "done" finds it persisted.
+   * Called after every change that went through (and was recorded). The change answers only once
+   * every listener's promise has settled; a listener's failure is logged and changes nothing.
    */
   onChange(fn: () => void | Promise<void>): () => void {
     this.changeListeners.add(fn);
     return () => this.changeListeners.delete(fn);
+  }
+
+  /**
+   * Sets the recorder (`run --state` writes the state file with it; null: none). Every change
+   * calls it with the registry as the change leaves it, before the change is answered: an add or
+   * a replace once its listeners are bound, a remove before anything is unbound. When it throws,
+   * the change is undone (listeners of an add unbound, a replaced set bound again, a remove not
+   * made) and the caller gets its error, so nothing is reported done that was not recorded.
+   */
+  recordWith(fn: Recorder | null): void {
+    this.recorder = fn;
+  }
+
+  private async record(entries: readonly Entry[]): Promise<void> {
+    if (this.recorder !== null) await this.recorder({ nextId: this.nextIdValue, entries });
   }
 
   private serial<T>(op: () => Promise<T>): Promise<T> {
@@ -90,10 +118,11 @@ export class Forwarder {
    * otherwise new ids are handed out. Names must be unique across the forwarder.
    */
   add(mappings: readonly Mapping[], opts: { owner?: string | null; origin: Origin; ids?: readonly number[]; owners?: readonly (string | null)[] }): Promise<Entry[]> {
-    return this.serial(() => this.addNow(mappings, opts.owner ?? null, opts.origin, opts.ids, opts.owners));
+    return this.serial(() => this.addNow(mappings, opts.owner ?? null, opts.origin, opts.ids, opts.owners, true));
   }
 
-  private async addNow(mappings: readonly Mapping[], owner: string | null, origin: Origin, ids?: readonly number[], owners?: readonly (string | null)[]): Promise<Entry[]> {
+  /** Binds and registers; `commit`: record the result (undoing the add if that fails) and tell the listeners. */
+  private async addNow(mappings: readonly Mapping[], owner: string | null, origin: Origin, ids: readonly number[] | undefined, owners: readonly (string | null)[] | undefined, commit: boolean): Promise<Entry[]> {
     const existing = [...this.entries.values()];
     const problems = checkListenerBudget(mappings, existing.map((e) => e.mapping));
     if (problems.length === 0) problems.push(...findConflicts(mappings, existing.map((e) => e.mapping)));
@@ -122,8 +151,22 @@ export class Forwarder {
     this.nextIdValue = Math.max(this.nextIdValue, ...entries.map((e) => e.id + 1));
     await this.engine.add(entries);
     for (const e of entries) this.entries.set(e.id, e);
-    await this.changed();
+    if (commit) {
+      try {
+        await this.record(this.list());
+      } catch (err) {
+        await this.unbind(entries.map((e) => e.id));
+        throw err;
+      }
+      await this.changed();
+    }
     return entries;
+  }
+
+  /** Takes back what an add bound (its recording failed). Unbinding does not fail but is logged if it does. */
+  private async unbind(ids: readonly number[]): Promise<void> {
+    for (const id of ids) this.entries.delete(id);
+    await this.engine.remove(ids).catch((err: unknown) => this.logger.error({ err, ids }, 'could not unbind the mappings of a change that was not recorded'));
   }
 
   /**
@@ -154,16 +197,27 @@ export class Forwarder {
     // Check the new ones against everything that stays before anything changes.
     const dropIds = new Set(drop.map((e) => e.id));
     throwIfProblems(findConflicts(fresh, [...this.entries.values()].filter((e) => !dropIds.has(e.id)).map((e) => e.mapping)));
-    await this.removeNow(drop.map((e) => e.id));
-    let added: Entry[];
-    try {
-      added = await this.addNow(fresh, owner, origin);
-    } catch (err) {
-      await this.addNow(drop.map((e) => e.mapping), owner, origin, drop.map((e) => e.id)).catch((restoreErr: unknown) => {
+    // The steps are not recorded one by one: the recorder sees the old set, then the new one.
+    await this.removeNow(drop.map((e) => e.id), false);
+    const restore = (): Promise<unknown> =>
+      this.addNow(drop.map((e) => e.mapping), owner, origin, drop.map((e) => e.id), drop.map((e) => e.owner), false).catch((restoreErr: unknown) => {
         this.logger.error({ err: restoreErr, owner }, 'could not restore the mappings replaced by a change that failed');
       });
+    let added: Entry[];
+    try {
+      added = await this.addNow(fresh, owner, origin, undefined, undefined, false);
+    } catch (err) {
+      await restore();
       throw err;
     }
+    try {
+      await this.record(this.list());
+    } catch (err) {
+      await this.unbind(added.map((e) => e.id));
+      await restore();
+      throw err;
+    }
+    await this.changed();
     const byMapping = new Map(fresh.map((m, i) => [m, added[i] as Entry]));
     return mappings.map((m) => keep.get(m) ?? (byMapping.get(m) as Entry));
   }
@@ -172,20 +226,22 @@ export class Forwarder {
   remove(id: number): Promise<number[]> {
     return this.serial(async () => {
       if (!this.entries.has(id)) throw new PortferryError('PF_API_NOT_FOUND', `no mapping has id ${id}`);
-      return this.removeNow([id]);
+      return this.removeNow([id], true);
     });
   }
 
   /** Removes every mapping of an owner; none is fine (idempotent). */
   removeOwner(owner: string): Promise<number[]> {
-    return this.serial(() => this.removeNow([...this.entries.values()].filter((e) => e.owner === owner).map((e) => e.id)));
+    return this.serial(() => this.removeNow([...this.entries.values()].filter((e) => e.owner === owner).map((e) => e.id), true));
   }
 
-  private async removeNow(ids: readonly number[]): Promise<number[]> {
+  /** `commit`: record first (a failure changes nothing: rebinding afterwards could fail), then tell the listeners. */
+  private async removeNow(ids: readonly number[], commit: boolean): Promise<number[]> {
     if (ids.length === 0) return [];
+    if (commit) await this.record(this.list().filter((e) => !ids.includes(e.id)));
     for (const id of ids) this.entries.delete(id);
     await this.engine.remove(ids);
-    await this.changed();
+    if (commit) await this.changed();
     return [...ids];
   }
 

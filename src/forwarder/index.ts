@@ -5,7 +5,7 @@ import type { Logger } from '../log.js';
 import { Forwarder } from './forwarder.js';
 import { logReady } from './ready.js';
 
-export { Forwarder, type Entry, type Origin, type ForwarderOptions } from './forwarder.js';
+export { Forwarder, type Entry, type Origin, type ForwarderOptions, type ForwarderSnapshot, type Recorder } from './forwarder.js';
 export { LocalEngine, type Engine, type EngineItem, type StatsRow } from './engine.js';
 export { DialerPool, checkNetnsPaths } from './dialers.js';
 export { describeListeners, describeMapping, logReady } from './ready.js';

@@ -98,3 +98,34 @@ t.test('forwarder: close(0) while an add is queued — the port is free afterwar
   t.same(f.list(), []);
   t.ok(await bindable(port));
 });
+
+// Issue 20 bug 5, at the forwarder: a change the recorder (the state file) refuses is undone and
+// fails with the recorder's error; the recorder sees each change once, as it leaves the registry.
+t.test('forwarder: a recorder that fails undoes add, remove and replace; ids stay reserved', async (t) => {
+  const f = new Forwarder({ logger });
+  t.teardown(() => f.destroy());
+  const [p1, p2, p3] = [await freePort(), await freePort(), await freePort()];
+  const seen: { nextId: number; ids: number[] }[] = [];
+  let fail = false;
+  f.recordWith(async ({ nextId, entries }) => {
+    seen.push({ nextId, ids: entries.map((e) => e.id) });
+    if (fail) throw new PortferryError('PF_STATE_WRITE', 'disk full');
+  });
+  const [a] = await f.add([testMapping({ name: 'a', hostPort: p1, containerPort: 1 })], { origin: 'api', owner: 'ctr' });
+  t.same(seen, [{ nextId: 2, ids: [1] }], 'the add was recorded once, with its listeners bound');
+  fail = true;
+  await t.rejects(f.add([testMapping({ name: 'b', hostPort: p2, containerPort: 1 })], { origin: 'api' }), { code: 'PF_STATE_WRITE' });
+  t.ok(await bindable(p2), 'the add that was not recorded is unbound');
+  await t.rejects(f.remove(a?.id ?? 0), { code: 'PF_STATE_WRITE' });
+  t.notOk(await bindable(p1), 'the remove that was not recorded was not made');
+  await t.rejects(f.replaceOwner('ctr', [testMapping({ name: 'c', hostPort: p3, containerPort: 1 })]), { code: 'PF_STATE_WRITE' });
+  t.notOk(await bindable(p1), 'the replaced set is bound again');
+  t.ok(await bindable(p3), 'the replacing set is not');
+  await t.rejects(f.removeOwner('ctr'), { code: 'PF_STATE_WRITE' });
+  t.same(f.list().map((e) => [e.id, e.mapping.name, e.owner]), [[1, 'a', 'ctr']], 'the registry is as before');
+  t.same(seen.slice(1).map((s) => s.ids), [[1, 2], [], [3], []], 'each refused change was offered once, as it would have left the registry');
+  fail = false;
+  const [d] = await f.add([testMapping({ name: 'd', hostPort: p2, containerPort: 1 })], { origin: 'api' });
+  t.equal(d?.id, 4, 'ids handed out to refused changes are not handed out again');
+  t.equal(seen.at(-1)?.nextId, 5);
+});

@@ -58,3 +58,78 @@ t.test('SIGHUP reloads -c: added, removed, unchanged (live connection kept); inv
   cli.child.kill('SIGTERM');
   t.equal(await cli.exited, 0, 'SIGTERM still drains and exits 0');
 });
+
+// Issue 20 bug 7e: a SIGHUP while a big state file was being restored killed the daemon (exit
+// 129, no log line): the handlers were installed only once it was ready. Now they are installed
+// first thing: SIGHUP before ready is logged and the reload runs once ready; SIGTERM before ready
+// stops cleanly (exit 0), the state file untouched.
+const RESTORED = 1000;
+
+/** A state file of RESTORED mappings, each on its own loopback address and the same port. */
+function bigState(dir: string, port: number, backend: number): string {
+  const file = path.join(dir, 'state.json');
+  const entries = Array.from({ length: RESTORED }, (_, i) => ({
+    id: i + 1,
+    owner: 'ctr',
+    mapping: { name: `m${i}`, hostIP: `127.20.${Math.floor(i / 250)}.${(i % 250) + 1}`, hostPort: port, containerIP: '127.0.0.1', containerPort: backend },
+  }));
+  fs.writeFileSync(file, JSON.stringify({ version: 1, nextId: RESTORED + 1, entries }));
+  return file;
+}
+
+/** The `msg` of every JSON log line, in order. */
+function messages(stderr: string): string[] {
+  return stderr.split('\n').flatMap((line) => {
+    try {
+      return [String((JSON.parse(line) as { msg?: unknown }).msg)];
+    } catch {
+      return [];
+    }
+  });
+}
+
+t.test('bug 7e: SIGHUP during a long state restore: the daemon survives, logs it, reaches ready, serves, then reloads', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pf-hup-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const echo = await echoServer(t.teardown.bind(t));
+  const port = await freePort();
+  const state = bigState(dir, port, echo.port);
+  const sock = path.join(dir, 'api.sock');
+  const cli = runCli(t.teardown.bind(t), ['run', '--state', state, '--api', sock]);
+  // The first log line comes at the start of the start-up, long before 1000 mappings are restored.
+  await until(() => messages(cli.stderr()).length > 0, 10_000, 'the first log line');
+  cli.child.kill('SIGHUP');
+  await cli.ready;
+  const msgs = messages(cli.stderr());
+  const hup = msgs.findIndex((m) => /SIGHUP before ready/.test(m));
+  t.ok(hup >= 0, 'the SIGHUP is logged');
+  t.ok(hup < msgs.indexOf('ready'), 'it came during the start-up, before ready');
+  t.equal(cli.child.exitCode, null, 'the daemon lives');
+  await until(() => messages(cli.stderr()).includes('reloaded'), 10_000, 'the deferred reload');
+  const last = net.connect(port, `127.20.${Math.floor((RESTORED - 1) / 250)}.${((RESTORED - 1) % 250) + 1}`);
+  t.teardown(() => last.destroy());
+  await new Promise((r) => last.once('connect', r));
+  t.equal(await echoOnce(last, 'restored'), 'restored', 'the last restored mapping serves');
+  last.end();
+  t.equal((await new ApiClient(sock).listMappings()).length, RESTORED, 'every mapping was restored');
+  cli.child.kill('SIGTERM');
+  t.equal(await cli.exited, 0);
+});
+
+t.test('bug 7e: SIGTERM during a long state restore stops cleanly: exit 0, nothing left bound, the state file untouched', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pf-hup-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const port = await freePort();
+  const state = bigState(dir, port, 9);
+  const before = fs.readFileSync(state);
+  const cli = runCli(t.teardown.bind(t), ['run', '--state', state, '--api', path.join(dir, 'api.sock')]);
+  await until(() => messages(cli.stderr()).length > 0, 10_000, 'the first log line');
+  cli.child.kill('SIGTERM');
+  t.equal(await cli.exited, 0, 'a clean stop');
+  const msgs = messages(cli.stderr());
+  t.notOk(msgs.includes('ready'), 'it stopped before ready');
+  t.ok(msgs.includes('stopped'), 'and says so');
+  t.ok(fs.readFileSync(state).equals(before), 'the state file is unchanged');
+  t.ok(await refused(port, '127.20.0.1'), 'nothing is bound');
+  t.same(fs.readdirSync(dir).sort(), ['state.json'], 'no socket, lock or temp file is left');
+});

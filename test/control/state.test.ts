@@ -1,8 +1,8 @@
 // The --state file: round trip through the config schema, coded errors that leave the file as it
 // was, atomic saves that survive SIGKILL at any moment, and leftover temp files.
 import t from 'tap';
-import { spawn } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { chmodSync, closeSync, constants, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { mappingToObject, mappingsFromObjects } from '../../src/config/index.js';
@@ -112,10 +112,52 @@ t.test('a file of the wrong shape, or with a mapping that does not validate, is 
   t.match(await loadState(file).catch((e: unknown) => e), { code: 'PF_STATE_INVALID', problems: [{ code: 'PF_CONFLICT' }] });
 });
 
+/** Settles with the promise's outcome, or with 'hung' when it has not settled within ms. */
+function within<T>(p: Promise<T>, ms: number): Promise<T | 'hung'> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([p, new Promise<'hung'>((resolve) => (timer = setTimeout(() => resolve('hung'), ms)))]).finally(() => clearTimeout(timer));
+}
+
+// Issue 20 bug 7d: `--state` on a FIFO hung the start, on /dev/zero it read until `Invalid string
+// length`. Like a -c file: regular files only, at most 16 MiB, checked on the open descriptor
+// before a byte is read.
+t.test('bug 7d: a FIFO, /dev/zero, a directory or a file over 16 MiB is refused at once with a coded error; nothing is read or changed', async (t) => {
+  const dir = scratchDir(t);
+  const fifo = path.join(dir, 'fifo.json');
+  execFileSync('mkfifo', [fifo]);
+  // On the old code a reader is stuck in open(2) on the FIFO: a writer's open lets it go.
+  t.teardown(() => {
+    try {
+      closeSync(openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK));
+    } catch {
+      // no reader waiting
+    }
+  });
+  const big = path.join(dir, 'big.json');
+  writeFileSync(big, '');
+  truncateSync(big, 16 * 1024 * 1024 + 1);
+  mkdirSync(path.join(dir, 'state.json'));
+  const cases: [string, string, string, RegExp][] = [
+    ['a FIFO', fifo, 'PF_STATE_NOT_FILE', /is a FIFO \(named pipe\), not a regular file/],
+    ['/dev/zero', '/dev/zero', 'PF_STATE_NOT_FILE', /is a character device, not a regular file/],
+    ['a directory', path.join(dir, 'state.json'), 'PF_STATE_NOT_FILE', /is a directory, not a regular file/],
+    ['a file over 16 MiB', big, 'PF_STATE_TOO_LARGE', /is 16777217 bytes, more than the maximum of 16777216 bytes/],
+  ];
+  for (const [what, file, code, message] of cases) {
+    const got = await within(loadState(file).catch((e: unknown) => e), 5000);
+    t.not(got, 'hung', `${what}: answered at once`);
+    t.match(got, { code, message, hint: /regular file|--state/ }, `${what}: ${code}`);
+    t.match(got, { message: new RegExp(file.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')) }, `${what}: the message names the path`);
+  }
+  t.equal(statSync(big).size, 16 * 1024 * 1024 + 1, 'the big file is unchanged');
+  t.ok(statSync(fifo).isFIFO(), 'the FIFO is still there');
+});
+
 t.test('a path that cannot be read is PF_STATE_READ; a missing directory is PF_STATE_DIR for load and save', async (t) => {
   const dir = scratchDir(t);
-  mkdirSync(path.join(dir, 'state.json'));
-  await t.rejects(loadState(path.join(dir, 'state.json')), { code: 'PF_STATE_READ', message: /cannot read state file .*EISDIR/ });
+  writeFileSync(path.join(dir, 'state.json'), '{}', { mode: 0o000 });
+  if (process.getuid?.() !== 0) await t.rejects(loadState(path.join(dir, 'state.json')), { code: 'PF_STATE_READ', message: /cannot read state file .*EACCES/ });
+  rmSync(path.join(dir, 'state.json'));
   const missingDir = path.join(dir, 'nope', 'deeper');
   const file = path.join(missingDir, 'state.json');
   await t.rejects(loadState(file), { code: 'PF_STATE_DIR', message: new RegExp(`its directory ${missingDir} does not exist`), hint: new RegExp(`mkdir -p -m 0700 ${missingDir}`) });
