@@ -162,7 +162,7 @@ export const CATALOGUE = {
     fix: 'Give `--state` the path of a regular file, or of one that does not exist yet (portferry creates it, 0600).',
   },
   PF_STATE_TOO_LARGE: {
-    meaning: 'The `--state` file is larger than any state portferry writes (16 MiB); it was not read and portferry did not start.',
+    meaning: 'The `--state` file is larger than any state portferry writes (16 MiB); it was not read and portferry did not start. (At runtime: a change would make the state larger; it was not made.)',
     fix: 'Check that `--state` names portferry\'s state file and not another file; restore it from a backup, or move it aside to start without the runtime mappings it kept.',
   },
   PF_STATE_WRITE: {

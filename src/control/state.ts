@@ -180,14 +180,23 @@ const saving = new Map<string, Promise<unknown>>();
 
 /**
  * Writes the state atomically, mode 0600. Throws PF_STATE_DIR or PF_STATE_WRITE, or
- * PF_STATE_INVALID for a state loadState would refuse (it is never written: a file that stops the
+ * PF_STATE_INVALID or PF_STATE_TOO_LARGE for a state loadState would refuse (it is never written: a file that stops the
  * next start is worse than none); on failure the previous file is unchanged, no temp file is left.
  */
 export function saveState(file: string, state: State): Promise<void> {
   const key = path.resolve(file);
   const run = (saving.get(key) ?? Promise.resolve()).then(() => {
     validateState(state, file, 'nothing was written');
-    return writeAtomically(file, `${JSON.stringify(state, null, 2)}\n`);
+    const text = `${JSON.stringify(state, null, 2)}\n`;
+    // Long names and netns paths are not limited one by one: the next start must be able to read it.
+    const bytes = Buffer.byteLength(text);
+    if (bytes > MAX_STATE_BYTES) {
+      throw new PortferryError('PF_STATE_TOO_LARGE', `state file ${file}: the state would be ${bytes} bytes, more than the ${MAX_STATE_BYTES} bytes a start reads; nothing was written`, {
+        details: { file, size: bytes, maxBytes: MAX_STATE_BYTES },
+        hint: 'Use shorter names, owners and netns paths, or fewer mappings.',
+      });
+    }
+    return writeAtomically(file, text);
   });
   const settled = run.catch(() => {});
   saving.set(key, settled);

@@ -151,6 +151,13 @@ t.test('bug 7d: a FIFO, /dev/zero, a directory or a file over 16 MiB is refused 
   }
   t.equal(statSync(big).size, 16 * 1024 * 1024 + 1, 'the big file is unchanged');
   t.ok(statSync(fifo).isFIFO(), 'the FIFO is still there');
+  // Nor is a state written that the next start would refuse as too large.
+  const file = path.join(dir, 'saved.json');
+  await saveState(file, sample);
+  const before = snapshot(file);
+  const huge: State = { ...sample, entries: [{ ...sample.entries[0]!, owner: 'x'.repeat(16 * 1024 * 1024) }] };
+  await t.rejects(saveState(file, huge), { code: 'PF_STATE_TOO_LARGE', message: /nothing was written/ });
+  t.same(snapshot(file), before, 'the previous state file is unchanged');
 });
 
 t.test('a path that cannot be read is PF_STATE_READ; a missing directory is PF_STATE_DIR for load and save', async (t) => {
