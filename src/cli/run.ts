@@ -153,10 +153,13 @@ async function serve(flags: RunFlags, logger: Logger): Promise<number | undefine
     }
     if (forwarder !== null) reload(forwarder);
   });
-  /** Each step of the start-up: stops there once SIGTERM/SIGINT came. */
-  const step = async <T>(work: Promise<T> | T): Promise<T> => {
-    const value = await work;
+  /** After each step of the start-up: stop there once SIGTERM/SIGINT came (what the step made is kept for the clean-up). */
+  const checkStop = (): void => {
     if (stopRequested) throw new StopDuringStart();
+  };
+  const step = async <T>(work: Promise<T>): Promise<T> => {
+    const value = await work;
+    checkStop();
     return value;
   };
 
@@ -170,13 +173,15 @@ async function serve(flags: RunFlags, logger: Logger): Promise<number | undefine
     const mappings = await step(loadCommandLine(flags, apiPath !== undefined || flags.state !== undefined));
     // One daemon per state file (the lock names its pid); released when this process exits.
     if (flags.state !== undefined) {
-      const held = await step(lockState(flags.state));
+      const held = await lockState(flags.state);
       lock = held;
       process.once('exit', () => held.release());
+      checkStop();
     }
     // A state file that cannot be used stops the start before anything is bound.
     const restored = flags.state === undefined ? null : await step(loadState(flags.state));
-    engine = flags.workers > 1 ? await step(WorkerEngine.start({ workers: flags.workers, drainTimeoutMs: flags.drainTimeout }, logger)) : undefined;
+    engine = flags.workers > 1 ? await WorkerEngine.start({ workers: flags.workers, drainTimeoutMs: flags.drainTimeout }, logger) : undefined;
+    checkStop();
     forwarder = new Forwarder({ logger, ...(engine !== undefined ? { engine } : {}), ...(restored !== null ? { nextId: restored.state.nextId } : {}) });
     if (restored !== null && restored.mappings.length > 0) {
       logger.info({ mappings: restored.mappings.length, state: flags.state }, 'restoring the mappings of the state file');
@@ -185,11 +190,13 @@ async function serve(flags: RunFlags, logger: Logger): Promise<number | undefine
     await step(forwarder.add(mappings, { origin: 'cli' }));
     if (flags.state !== undefined && lock !== null) keepState(forwarder, flags.state, lock);
     if (apiPath !== undefined) {
-      api = await step(startApiServer({ socketPath: apiPath, forwarder, logger, childNetns: flags.netns ?? null, version: VERSION, stateFile: flags.state ?? null }));
+      api = await startApiServer({ socketPath: apiPath, forwarder, logger, childNetns: flags.netns ?? null, version: VERSION, stateFile: flags.state ?? null });
+      checkStop();
     }
     if (flags.metrics !== undefined) {
       const source = forwarder;
-      metrics = await step(startMetricsServer({ ...flags.metrics, logger, collect: async () => metricsRows(source, await source.stats()) }));
+      metrics = await startMetricsServer({ ...flags.metrics, logger, collect: async () => metricsRows(source, await source.stats()) });
+      checkStop();
     }
   } catch (err) {
     if (forwarder !== null) forwarder.destroy();
