@@ -12,12 +12,12 @@ import { DEFAULTS } from '../config/defaults.js';
 import { defaultApiSocket } from '../control/client.js';
 import { parseMetricsAddress, startMetricsServer, type MetricsRow, type MetricsServer } from '../control/metrics.js';
 import { startApiServer, type ApiServer } from '../control/server.js';
-import { loadState, lockState, saveState, type StateLock } from '../control/state.js';
+import { loadState, lockState, saveState, type StateEntry, type StateLock } from '../control/state.js';
 import { mappingToObject } from '../config/index.js';
 import { formatHostPort } from '../addr.js';
 import type { StatsRow } from '../forwarder/engine.js';
 import { PortferryError, isPortferryError } from '../errors.js';
-import { Forwarder } from '../forwarder/forwarder.js';
+import { Forwarder, type Entry } from '../forwarder/forwarder.js';
 import { selfTest } from '../internals.js';
 import { raiseNofileLimit } from '../limits.js';
 import { logReady } from '../forwarder/ready.js';
@@ -224,12 +224,19 @@ async function serve(flags: RunFlags, logger: Logger): Promise<number | undefine
  * the forwarder and fails with PF_STATE_WRITE — the API answers 507.
  */
 function keepState(forwarder: Forwarder, file: string, lock: StateLock): void {
+  const keptOf = (entries: readonly Entry[]): StateEntry[] => entries.filter((e) => e.origin !== 'cli').map((e) => ({ id: e.id, owner: e.owner, mapping: mappingToObject(e.mapping) }));
+  let saved = JSON.stringify(keptOf(forwarder.list()));
   forwarder.recordWith(async ({ nextId, entries }) => {
-    const kept = entries.filter((e) => e.origin !== 'cli').map((e) => ({ id: e.id, owner: e.owner, mapping: mappingToObject(e.mapping) }));
+    const kept = keptOf(entries);
+    // A change of the command line's mappings alone (SIGHUP) changes nothing the file keeps but
+    // nextId (their ids are new on every start anyway): no write, so a reload works on a full disk.
+    const text = JSON.stringify(kept);
+    if (text === saved) return;
     try {
       await lock.check();
       // nextId is the forwarder's: it never goes back, so neither does the file's.
       await saveState(file, { version: 1, nextId, entries: kept });
+      saved = text;
     } catch (err) {
       const e = isPortferryError(err) ? err : new PortferryError('PF_STATE_WRITE', `cannot write state file ${file}: ${String(err)}`, { cause: err });
       const why = e.code === 'PF_STATE_WRITE' ? e.message : `cannot save to state file ${file}: ${e.code}: ${e.message}`;

@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { apiRequest, ApiClient } from '../../src/control/client.js';
 import { skipUnless } from '../helpers/env.js';
-import { connectRefused, echoServer, freePort, runCli } from '../helpers/net.js';
+import { connectRefused, echoServer, freePort, runCli, until } from '../helpers/net.js';
 
 interface T {
   teardown(fn: () => unknown): void;
@@ -63,14 +63,17 @@ t.test('bug 5: a state write that fails (ENOSPC) undoes the change and answers 5
   const small = smallTmpfs(t, dir);
   const [sock, state] = [path.join(dir, 'api.sock'), path.join(small, 'state.json')];
   const echo = await echoServer(t.teardown.bind(t));
-  const [pa, pb, pc, pd] = [await freePort(), await freePort(), await freePort(), await freePort()];
-  const first = runCli(t.teardown.bind(t), ['run', '--api', sock, '--state', state]);
+  const [pa, pb, pc, pd, pe, pf] = [await freePort(), await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
+  // A command-line mapping too: the state file does not keep it, so its reload needs no write.
+  const conf = path.join(dir, 'pf.yaml');
+  const confWith = (port: number): string => `mappings:\n  - {name: cli, hostIP: 127.0.0.1, hostPort: ${port}, containerIP: 127.0.0.1, containerPort: ${echo.port}}\n`;
+  fs.writeFileSync(conf, confWith(pe));
+  const first = runCli(t.teardown.bind(t), ['run', '-c', conf, '--api', sock, '--state', state]);
   await first.ready;
   const client = new ApiClient(sock);
   const nextIds: number[] = [];
 
   const [a] = await client.addMappings([mapping('a', pa, echo.port)], 'ctr');
-  t.equal(a?.id, 1);
   nextIds.push(nextIdOf(state));
   const saved = fs.readFileSync(state);
 
@@ -90,13 +93,19 @@ t.test('bug 5: a state write that fails (ENOSPC) undoes the change and answers 5
   const rootless = await apiRequest(sock, 'POST', '/v1/ports', { proto: 'tcp', parentIP: '127.0.0.1', parentPort: pd, childIP: '127.0.0.1', childPort: echo.port });
   t.equal(rootless.status, 507, 'rootlesskit POST /v1/ports: 507');
   t.ok(await connectRefused(pd));
-  t.same((await client.listMappings()).map((m) => [m.id, m.name]), [[1, 'a']], 'the registry is as before the refused changes');
+  t.same((await client.listMappings()).filter((m) => m.origin !== 'cli').map((m) => m.name), ['a'], 'the registry is as before the refused changes');
+  fs.writeFileSync(conf, confWith(pf));
+  first.child.kill('SIGHUP');
+  await until(() => first.stderr().includes('"msg":"reloaded"'), 10_000, 'the reload');
+  t.ok(await connectRefused(pe), 'a SIGHUP reload of the command line works on the full file system (nothing the file keeps changed)');
+  t.notOk(await connectRefused(pf));
   t.ok(fs.readFileSync(state).equals(saved), 'the state file is unchanged');
   t.equal(first.child.exitCode, null, 'the daemon serves on');
 
   fs.rmSync(filler);
   const [b] = await client.addMappings([mapping('b', pb, echo.port)], 'ctr');
-  t.ok((b?.id ?? 0) > 2, `an id handed out to a refused change is not handed out again (b got ${b?.id})`);
+  const handedOut = (a?.id ?? 0) + 4; // to b, c and the rootlesskit port (refused), and the reloaded cli mapping
+  t.ok((b?.id ?? 0) > handedOut, `an id handed out to a refused change is not handed out again (b got ${b?.id})`);
   t.notOk(await connectRefused(pb), 'b serves');
   nextIds.push(nextIdOf(state));
   await client.removeMapping(b?.id ?? 0);
@@ -107,10 +116,11 @@ t.test('bug 5: a state write that fails (ENOSPC) undoes the change and answers 5
   first.child.kill('SIGKILL');
   await first.exited;
 
-  const second = runCli(t.teardown.bind(t), ['run', '--api', sock, '--state', state]);
+  const second = runCli(t.teardown.bind(t), ['run', '-c', conf, '--api', sock, '--state', state]);
   await second.ready;
   const after = await client.listMappings();
-  t.same(after.map((m) => [m.id, m.name, m.owner]), before.map((m) => [m.id, m.name, m.owner]), 'after SIGKILL and a restart: exactly the mappings the API acknowledged');
+  const runtime = (ms: typeof after): unknown[] => ms.filter((m) => m.origin !== 'cli').map((m) => [m.id, m.name, m.owner]);
+  t.same(runtime(after), runtime(before), 'after SIGKILL and a restart: exactly the mappings the API acknowledged');
   const [e] = await client.addMappings([mapping('e', pc, echo.port)]);
   t.ok((e?.id ?? 0) > (b2?.id ?? Infinity), `no id is handed out again after the restart (${e?.id} > ${b2?.id})`);
   nextIds.push(nextIdOf(state));
