@@ -40,11 +40,6 @@ export function setClosedOutputMode(m: ClosedOutputMode): void {
   mode = m;
 }
 
-/** Whether an output was found closed (a command may skip further output). */
-export function outputClosed(): boolean {
-  return closed;
-}
-
 /**
  * For a command that must remove what it made before it ends: `fn` runs instead of the immediate
  * exit and must end the process (with EXIT_OUTPUT_CLOSED) when done. Returns the unregister call.
