@@ -67,12 +67,16 @@ export const CATALOGUE = {
     meaning: 'The configuration file is not valid YAML (or JSON).',
     fix: 'Fix the syntax at the line and column named in the message.',
   },
+  PF_CONFIG_REPEATED: {
+    meaning: 'The same configuration file is given twice with -c (several different files are merged).',
+    fix: 'Give each file once; to serve its mappings twice, copy them under other names and host ports.',
+  },
   PF_CONFLICT: {
     meaning: 'Two mappings claim the same host address, port and protocol.',
     fix: 'Give each mapping its own host port, or distinct host IPs; a port without host IP covers 0.0.0.0 and :: and so overlaps every address of both families.',
   },
   PF_NAME_DUPLICATE: {
-    meaning: 'Two mappings have the same name (a name is how a mapping is listed, removed and logged).',
+    meaning: 'Two mappings have the same name (a name is how a mapping is listed, removed and logged), also across several `-c` files (the message names both places).',
     fix: 'Give each mapping its own `name`, or leave `name` out to get one derived from the protocol, host IP and port.',
   },
   PF_LISTENER_LIMIT: {

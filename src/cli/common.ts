@@ -51,7 +51,7 @@ export function durationOption(flags: string, description: string, defaultMs: nu
 export function mappingOptions(cmd: Command): Command {
   cmd
     .option('-p, --publish <spec>', 'publish a port: [hostIP:]hostPort[-end]:containerIP:containerPort[-end][/tcp|/udp] (repeatable)', collect)
-    .option('-c, --config <file>', 'YAML config file with a `mappings` list (or CNI JSON with runtimeConfig.portMappings); a regular file of at most 1 MiB')
+    .option('-c, --config <file>', 'YAML config file with a `mappings` list (or CNI JSON with runtimeConfig.portMappings); a regular file of at most 1 MiB; repeatable: the files are merged, names unique across them', collect)
     .option('--container-ip <ip>', 'container address for a CNI portMappings file (which carries none)');
   return optionFlags(cmd);
 }
@@ -68,7 +68,8 @@ export function optionFlags(cmd: Command): Command {
 export interface MappingFlags {
   /** Absent when no -p was given (no `(default: [])` in --help). */
   readonly publish?: string[];
-  readonly config?: string;
+  /** Every -c, in order (absent when none was given). */
+  readonly config?: string[];
   readonly containerIp?: string;
   /** The option flags of the table (as given; loadFromFlags checks them with the table's parsers). */
   readonly proxyProtocol?: string;
@@ -81,7 +82,7 @@ export function loadFromFlags(flags: MappingFlags): Promise<readonly Mapping[]> 
   for (const key of MAPPING_OPTION_KEYS) if (given[key] !== undefined) specOptions[key] = given[key];
   return loadMappings({
     specs: flags.publish ?? [],
-    ...(flags.config !== undefined ? { file: flags.config } : {}),
+    files: flags.config ?? [],
     ...(flags.containerIp !== undefined ? { containerIP: flags.containerIp } : {}),
     specOptions,
   });

@@ -7,7 +7,11 @@ import { registerRulesCommand } from './rules.js';
 import { registerRunCommand } from './run.js';
 import { registerValidateCommand } from './validate.js';
 import { EXIT_OK, reportError, usageFromCommander } from './common.js';
+import { handleClosedOutput, setClosedOutputMode } from './output.js';
 import { VERSION } from '../version.js';
+
+// First of all: a reader that goes away (`| head`) ends a command quietly, never with a trace.
+handleClosedOutput();
 
 const program = new Command()
   .name('portferry')
@@ -17,6 +21,11 @@ const program = new Command()
   // Set before the commands are registered: they inherit both settings.
   .configureOutput({ outputError: () => {} })
   .exitOverride();
+
+// The daemon keeps forwarding when its log's reader goes away (output.ts says why).
+program.hook('preAction', (_program, action) => {
+  if (action.name() === 'run') setClosedOutputMode('ignore');
+});
 
 registerRunCommand(program);
 registerValidateCommand(program);

@@ -7,7 +7,7 @@ import { formatHostPort } from '../addr.js';
 import { mappingToObject } from '../config/index.js';
 import { ApiClient, defaultApiSocket, type MappingStats, type MappingStatus } from '../control/client.js';
 import { CATALOGUE, PortferryError, isPortferryError } from '../errors.js';
-import { EXIT_OK, loadFromFlags, optionFlags, reportError, usageError, type MappingFlags } from './common.js';
+import { EXIT_OK, collect, loadFromFlags, optionFlags, reportError, usageError, type MappingFlags } from './common.js';
 
 interface ClientFlags {
   readonly api: string;
@@ -140,7 +140,7 @@ export function registerPortsCommand(program: Command): void {
     .option('--owner <owner>', 'only the mappings of this owner')
     .action(action(list));
   const addCmd = clientOptions(ports.command('add').description('add mappings, all or nothing: -p style specs and/or a YAML file\'s mappings').argument('[specs...]', '[hostIP:]hostPort[-end]:containerIP:containerPort[-end][/tcp|/udp]'))
-    .option('-c, --config <file>', 'a YAML file with a `mappings` list (the same schema as `run -c`)')
+    .option('-c, --config <file>', 'a YAML file with a `mappings` list (the same schema as `run -c`); repeatable: the files are merged, names unique across them', collect)
     .option('--owner <owner>', 'label the new mappings with this owner (a container id, say)');
   // Every per-mapping option flag of the table, applied to the spec mappings (as `run -p` does).
   optionFlags(addCmd).action(action(add));

@@ -65,7 +65,7 @@ function usageProblems(flags: RulesFlags): { action: 'print' | 'apply' | 'check'
 async function runRules(flags: RulesFlags): Promise<number> {
   const { action, backend, who } = usageProblems(flags);
   checkContainerRef(who.network, who.containerID);
-  if (action === 'delete' && (flags.publish ?? []).length === 0 && flags.config === undefined) {
+  if (action === 'delete' && (flags.publish ?? []).length === 0 && (flags.config ?? []).length === 0) {
     // Deleting needs only the network name and container ID, like CNI DEL.
     const res = await deleteRules(who, backend);
     process.stdout.write(`deleted: ${res.scripts.length === 0 ? 'nothing was there' : `rules of container ${who.containerID}`}\n`);

@@ -82,7 +82,7 @@ async function loadCommandLine(flags: RunFlags, mayBeEmpty: boolean): Promise<re
   try {
     return await loadFromFlags(flags);
   } catch (err) {
-    if (mayBeEmpty && isPortferryError(err) && err.code === 'PF_NO_MAPPINGS' && (flags.publish ?? []).length === 0 && flags.config === undefined) return [];
+    if (mayBeEmpty && isPortferryError(err) && err.code === 'PF_NO_MAPPINGS' && (flags.publish ?? []).length === 0 && (flags.config ?? []).length === 0) return [];
     throw err;
   }
 }

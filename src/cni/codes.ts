@@ -44,12 +44,22 @@ export interface CniErrorResult {
 }
 
 /**
+ * The daemon refuses a set of mappings as one PF_CONFIG_INVALID listing each problem; when one of
+ * them is a conflict (the HTTP 409 rule of src/control/server.ts) the runtime must hear 105, the
+ * documented "port held by another owner", not 7 "invalid network config" (issue 20, 7c).
+ */
+function cniCodeOf(err: PortferryError): number {
+  if (err.code === 'PF_CONFIG_INVALID' && err.problems.some((p) => p.code === 'PF_CONFLICT')) return CNI_CODES.PF_CONFLICT ?? CNI_CODE_OTHER;
+  return CNI_CODES[err.code] ?? CNI_CODE_OTHER;
+}
+
+/**
  * The error JSON for stdout. `unavailable`: STATUS's own finding (daemon down, tools missing) is
  * reported as 50. Anything not a PortferryError is a bug: code 100 with its text.
  */
 export function cniError(err: unknown, cniVersion: string, unavailable = false): CniErrorResult {
   if (err instanceof PortferryError) {
-    const code = unavailable ? CNI_CODE_UNAVAILABLE : (CNI_CODES[err.code] ?? CNI_CODE_OTHER);
+    const code = unavailable ? CNI_CODE_UNAVAILABLE : cniCodeOf(err);
     const problems = err.problems.map((p) => `${p.code}: ${p.message}`);
     return {
       cniVersion,

@@ -1,5 +1,6 @@
 // The one way in: specs, a file, or both → validated, frozen Mapping[] (or one PF_CONFIG_INVALID
 // error listing every problem). Reads the file (regular files only, bounded: read.ts); binds nothing.
+import path from 'node:path';
 import type { Mapping } from '../api.js';
 import { PortferryError } from '../errors.js';
 import { parseConfigText } from './file.js';
@@ -32,8 +33,14 @@ export { parseCniPortMappings, type CniPortMapEntry } from './cni.js';
 export interface LoadInput {
   /** `-p` specs. */
   readonly specs?: readonly string[];
-  /** `-c` file path. */
+  /** `-c` file path (kept for library callers; `files` takes several). */
   readonly file?: string;
+  /**
+   * `-c` file paths, each given once: their mappings are merged with the `-p` ones, each file's
+   * `defaults:` applying to its own mappings only; names must be unique across all of them
+   * (PF_NAME_DUPLICATE names both places) and host ports must not collide (PF_CONFLICT).
+   */
+  readonly files?: readonly string[];
   /** Options for the `-p` mappings (command-line flags such as --proxy-protocol, --netns), by option key. */
   readonly specOptions?: Partial<Record<MappingOptionKey, unknown>>;
   /** Container address for CNI portMappings files, which carry none. */
@@ -54,20 +61,34 @@ export async function loadMappings(input: LoadInput): Promise<readonly Mapping[]
     if (r instanceof PortferryError) problems.push(r);
     else raws.push({ ...r, inherited });
   }
-  if (input.file !== undefined) {
+  const files = [...(input.file !== undefined ? [input.file] : []), ...(input.files ?? [])];
+  // A file given twice would only report each of its mappings as a duplicate of itself.
+  const seen = new Map<string, string>();
+  const noMappings: PortferryError[] = [];
+  for (const file of files) {
+    const key = path.resolve(file);
+    const first = seen.get(key);
+    if (first !== undefined) {
+      problems.push(new PortferryError('PF_CONFIG_REPEATED', `-c ${file}: the file is given twice (first as -c ${first})`, { details: { file } }));
+      continue;
+    }
+    seen.set(key, file);
     let text: string | undefined;
     try {
-      text = await readConfigFile(input.file);
+      text = await readConfigFile(file);
     } catch (err) {
       if (!(err instanceof PortferryError)) throw err;
       problems.push(err);
     }
     if (text !== undefined) {
-      const parsed = parseConfigText(text, input.file, input.containerIP === undefined ? {} : { containerIP: input.containerIP });
-      problems.push(...parsed.problems.filter((p) => p.code !== 'PF_NO_MAPPINGS' || specs.length === 0));
+      const parsed = parseConfigText(text, file, input.containerIP === undefined ? {} : { containerIP: input.containerIP });
+      for (const p of parsed.problems) (p.code === 'PF_NO_MAPPINGS' ? noMappings : problems).push(p);
       for (const r of parsed.raws) raws.push(r);
     }
   }
+  // A file without a `mappings` list is an error only when nothing else gives a mapping (as
+  // `-c FILE -p SPEC` always allowed); with nothing at all, each such file is named.
+  if (specs.length === 0 && raws.length === 0) problems.push(...noMappings);
   return validateMappings(raws, problems);
 }
 

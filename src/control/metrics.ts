@@ -2,7 +2,8 @@
 // not counted here: each scrape asks the forwarder for its listeners' stats once (`collect`) and
 // every metric reads that one snapshot, so counters are exact and consistent with each other.
 // Rows of the same mapping and protocol (one per listener, and per worker with --workers) are
-// summed. prom-client's Counter cannot be set, so each metric's collect hook resets it and adds
+// summed; with --workers the engine keeps dead workers' counts in its rows (WorkerEngine.stats),
+// so the sums never go down while the process lives. prom-client's Counter cannot be set, so each metric's collect hook resets it and adds
 // the snapshot's values: the exposed value is the snapshot's, with the counter type.
 import http from 'node:http';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';

@@ -9,7 +9,7 @@
 // included, then catches up with what changed meanwhile (catchUp). cluster creates each listening socket once, for the first worker that asks, and shares
 // it; it closes it when the last worker lets go.
 import cluster, { type Worker } from 'node:cluster';
-import type { Listener } from '../api.js';
+import type { Listener, ListenerStats } from '../api.js';
 import { CATALOGUE, PortferryError, isPortferryError, type ErrorCode } from '../errors.js';
 import { selfTest } from '../internals.js';
 import type { Logger } from '../log.js';
@@ -72,6 +72,12 @@ export class WorkerEngine implements Engine {
   private readonly tcp = new Map<number, EngineItem>();
   private seq = 1;
   private stopping = false;
+  /** Each worker's last answered stats (by worker id); a dead one's are folded into `retired`. */
+  private readonly known = new Map<number, StatsRow[]>();
+  /** The counters of dead workers, per listener row (rowKey), kept while the mapping lives. */
+  private readonly retired = new Map<string, StatsRow>();
+  /** stats() calls run one at a time, so a worker's counts are folded exactly once. */
+  private statsQueue: Promise<unknown> = Promise.resolve();
 
   private constructor(
     private readonly count: number,
@@ -218,9 +224,59 @@ export class WorkerEngine implements Engine {
     await this.local.remove(ids.filter((id) => !tcp.includes(id)));
   }
 
-  async stats(): Promise<StatsRow[]> {
-    const results = await this.broadcast({ t: 'stats' });
-    return [...results.flatMap((r) => (r.status === 'fulfilled' ? r.value : [])), ...(await this.local.stats())];
+  /**
+   * Every listener's figures. Counters never go down while this process lives (issue 20, 7f: a
+   * replaced worker's counts vanished, `accepted_total` 320 → 140): each worker's last answer is
+   * kept, and once it is dead its counters are added to a live worker's row of the same listener
+   * (or shown in a row of their own, active 0). What a worker counted after its last answer and
+   * before it died (no scrape in between) cannot be known and is lost.
+   */
+  stats(): Promise<StatsRow[]> {
+    const next = this.statsQueue.then(() => this.collectStats());
+    this.statsQueue = next.catch(() => {});
+    return next;
+  }
+
+  private async collectStats(): Promise<StatsRow[]> {
+    const workers = [...this.live];
+    const results = await Promise.allSettled(workers.map((w) => this.request(w, { t: 'stats' })));
+    const fresh = new Set<number>();
+    results.forEach((r, i) => {
+      const w = workers[i];
+      if (w === undefined || r.status !== 'fulfilled') return;
+      this.known.set(w.id, r.value);
+      fresh.add(w.id);
+    });
+    const alive = new Set([...this.all].map((w) => w.id));
+    const rows: StatsRow[] = [];
+    for (const [id, known] of this.known) {
+      if (!alive.has(id)) {
+        // Dead (its exit handled): its last answer joins the retired counts, once.
+        this.known.delete(id);
+        for (const row of known) {
+          const key = rowKey(row);
+          const before = this.retired.get(key);
+          this.retired.set(key, before === undefined ? { ...row, stats: countersOnly(row.stats) } : { ...before, stats: addCounters(before.stats, row.stats) });
+        }
+      } else if (fresh.has(id)) {
+        rows.push(...known);
+      } else {
+        // Alive but did not answer this time (starting, or busy past the timeout): its last counters.
+        rows.push(...known.map((r) => ({ ...r, stats: countersOnly(r.stats) })));
+      }
+    }
+    for (const [key, dead] of this.retired) {
+      // A removed mapping takes its retired counts with it (ids are never reused).
+      if (!this.tcp.has(dead.id)) {
+        this.retired.delete(key);
+        continue;
+      }
+      const i = rows.findIndex((r) => rowKey(r) === key);
+      const live = rows[i];
+      if (live === undefined) rows.push(dead);
+      else rows[i] = { ...live, stats: addCounters(live.stats, dead.stats) };
+    }
+    return [...rows, ...(await this.local.stats())];
   }
 
   async close(graceMs: number): Promise<void> {
@@ -251,6 +307,30 @@ export class WorkerEngine implements Engine {
   describe(): Record<string, unknown> {
     return { workers: this.count, workerPids: [...this.live].map((w) => w.process.pid) };
   }
+}
+
+/** One listener of one mapping (a worker's row of it; every worker has the same rows). */
+function rowKey(r: StatsRow): string {
+  return `${r.id} ${r.host.ip} ${r.host.port} ${r.container.ip} ${r.container.port}`;
+}
+
+/** The counters of a TCP row with its gauge (open connections) at 0. Workers serve TCP only. */
+function countersOnly(s: ListenerStats): ListenerStats {
+  return s.protocol === 'tcp' ? { ...s, active: 0 } : s;
+}
+
+/** `a` (gauges kept) plus the counters of `b`. */
+function addCounters(a: ListenerStats, b: ListenerStats): ListenerStats {
+  if (a.protocol !== 'tcp' || b.protocol !== 'tcp') return a;
+  return {
+    ...a,
+    accepted: a.accepted + b.accepted,
+    refused: a.refused + b.refused,
+    dialFailures: a.dialFailures + b.dialFailures,
+    acceptErrors: a.acceptErrors + b.acceptErrors,
+    bytesToContainer: a.bytesToContainer + b.bytesToContainer,
+    bytesToClient: a.bytesToClient + b.bytesToClient,
+  };
 }
 
 /** Worker process: applies the changes the main process sends, serves until told to stop. */

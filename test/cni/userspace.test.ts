@@ -1,7 +1,7 @@
 // Acceptance 2 of the CNI issue: the plugin's userspace backend against the real daemon
 // (`portferry run --api SOCKET` in the host namespace), after the real Debian bridge plugin.
 // ADD → traffic; the daemon lists the mappings under the attachment's owner; a retried ADD keeps
-// them (same ids); CHECK; PROXY v2 read by a backend in the container; dialInNetns reaches a
+// them (same ids); an ADD on a port another container holds is 105 (PF_CONFLICT); CHECK; PROXY v2 read by a backend in the container; dialInNetns reaches a
 // server only the container's own loopback has; DEL closes the ports, twice; GC keeps the valid
 // attachments and this network's only; STATUS 0 with the daemon up and 50 without; ADD without
 // the daemon is "try again later" (11).
@@ -88,6 +88,17 @@ t.test('userspace backend against the real daemon', gate, async (t) => {
     t.same((await api.listMappings('ctra01/eth0')).map((m) => m.id), listed.map((m) => m.id), 'and keeps the same mappings (same ids)');
     const check = await runPlugin(PORTFERRY_CNI, { command: 'CHECK', ...A }, confA, w.host);
     t.equal(check.code, 0, `CHECK passes: ${check.stdout}`);
+  });
+
+  await t.test('issue 20 (7c): an ADD that collides with another container\'s port is 105 PF_CONFLICT, not 7', async (t) => {
+    const D = { containerID: 'ctrd04', netns: w.netnsPath, ifname: IFNAME };
+    const conf = chainedConf(w, 'portferry', keys, [{ hostPort: 8080, containerPort: 80, protocol: 'tcp' }]);
+    const add = await runPlugin(PORTFERRY_CNI, { command: 'ADD', ...D }, conf, w.host);
+    t.equal(add.code, 1, 'the colliding ADD fails');
+    t.match(add.json, { cniVersion: '1.0.0', code: 105, msg: /PF_CONFIG_INVALID/, details: /PF_CONFLICT: .*tcp .*8080/ }, 'CNI code 105 (PF_CONFLICT), the conflict in details');
+    t.same(await api.listMappings('ctrd04/eth0'), [], 'nothing registered for the loser');
+    t.equal((await api.listMappings('ctra01/eth0')).length, 2, 'the holder keeps its mappings');
+    t.equal(await exchange(inNetns(w.client), 'tcp', w.hostClient4, 8080), 'hello-tcp', 'and 8080 still reaches it');
   });
 
   await t.test('proxyProtocol v2: the backend reads the client\'s address', async (t) => {

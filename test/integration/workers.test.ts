@@ -1,10 +1,12 @@
 // `run --workers N`: TCP in N worker processes sharing each listening socket, UDP in the main
-// process; one ready line; all-or-nothing start; drain on SIGTERM; a dead worker is replaced.
+// process; one ready line; all-or-nothing start; drain on SIGTERM; a dead worker is replaced, and
+// its counters stay in /metrics.
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import dgram from 'node:dgram';
 import { connect, echoRoundTrip, echoServer, freePort, readAll, runCli, startServer, transferAcrossSigterm, until } from '../helpers/net.js';
 import { pidAlive as alive } from '../netns/util.js';
+import { promParserMissing, sampleValue, scrape } from '../helpers/prometheus.js';
 
 
 async function udpEcho(teardown: (fn: () => unknown) => void): Promise<number> {
@@ -135,6 +137,42 @@ t.test("a worker sent SIGTERM on its own drains for the configured --drain-timeo
   // replacement binds it again: wait for both to be ready.
   await until(() => (p.stderr().match(/replacement worker ready/g) ?? []).length === 2, 10_000, 'two replacements');
   t.equal((await echoRoundTrip(port, Buffer.from('replaced'))).received.toString(), 'replaced', 'the replacements serve');
+  p.child.kill('SIGTERM');
+  t.equal(await p.exited, 0);
+});
+
+t.test('issue 20 (7f): counters never go down when workers are replaced; a dead worker\'s totals stay', { skip: promParserMissing() ?? false }, async (t) => {
+  const echo = await echoServer(t.teardown);
+  const [port, metricsPort] = [await freePort(), await freePort()];
+  const p = runCli(t.teardown, ['run', '--workers', '2', '-p', `127.0.0.1:${port}:127.0.0.1:${echo.port}`, '--metrics', `127.0.0.1:${metricsPort}`]);
+  const pids = (await p.ready)['workerPids'] as number[];
+  t.equal(pids.length, 2, 'two workers, started by the daemon');
+  const url = `http://127.0.0.1:${metricsPort}/metrics`;
+  const connections = 40;
+  for (let i = 0; i < connections; i++) t.equal((await echoRoundTrip(port, Buffer.from(`before ${i}`))).received.toString(), `before ${i}`);
+  // Counters of the finished connections: the scrape waits until the workers have counted them all.
+  const accepted = (page: Awaited<ReturnType<typeof scrape>>): number | undefined => sampleValue(page.families, 'portferry_connections_accepted_total', { protocol: 'tcp' });
+  await until(async () => accepted(await scrape(url)) === connections, 10_000, `accepted_total = ${connections}`);
+  let before = await scrape(url);
+  const counters = (page: Awaited<ReturnType<typeof scrape>>): Map<string, number> =>
+    new Map(page.families.filter((f) => f.type === 'counter').flatMap((f) => f.samples.filter((s) => s.name.endsWith('_total')).map((s) => [`${s.name}${JSON.stringify(s.labels)}`, s.value] as [string, number])));
+  // Kill each original worker in turn (SCHED_NONE may have given every connection to one of them).
+  for (const [n, pid] of pids.entries()) {
+    process.kill(pid, 'SIGKILL');
+    await until(() => (p.stderr().match(/replacement worker ready/g) ?? []).length === n + 1, 10_000, `replacement ${n + 1}`);
+    const after = await scrape(url);
+    const was = counters(before);
+    const now = counters(after);
+    t.ok(was.size > 0, 'counters were exposed');
+    const down = [...was].filter(([k, v]) => !((now.get(k) ?? -1) >= v)).map(([k, v]) => `${k}: ${v} → ${now.get(k) ?? 'gone'}`);
+    t.same(down, [], `after worker ${pid} was replaced, no counter went down or vanished`);
+    t.equal(accepted(after), connections, `accepted_total is still ${connections}`);
+    t.ok((sampleValue(after.families, 'portferry_bytes_to_client_total', { protocol: 'tcp' }) ?? 0) >= (sampleValue(before.families, 'portferry_bytes_to_client_total', { protocol: 'tcp' }) ?? 0), 'bytes_to_client_total kept');
+    before = after;
+  }
+  // The replacements count on top of the dead workers' totals.
+  for (let i = 0; i < 10; i++) t.equal((await echoRoundTrip(port, Buffer.from(`after ${i}`))).received.toString(), `after ${i}`);
+  await until(async () => accepted(await scrape(url)) === connections + 10, 10_000, `accepted_total = ${connections + 10}`);
   p.child.kill('SIGTERM');
   t.equal(await p.exited, 0);
 });
