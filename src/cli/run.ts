@@ -1,7 +1,7 @@
 // `portferry run`: parse argv, then hand everything to the forwarder service (src/forwarder):
 // bind every mapping (or none), restore the state file, serve the runtime API and metrics, log
 // `ready`, serve until SIGTERM/SIGINT, drain for --drain-timeout, exit 0. SIGHUP reloads the
-// command line's mappings (-p and the -c file) without touching the others. The signals are
+// command line's mappings (-p and every -c file) without touching the others. The signals are
 // handled from the start (before ready: SIGHUP is deferred, SIGTERM/SIGINT stop the start-up).
 import { execFile } from 'node:child_process';
 import cluster from 'node:cluster';
