@@ -808,6 +808,10 @@ class SocketPort implements TcpPort {
     this.closed = true;
     const s = this.socket;
     if (s.destroyed) return;
+    if (this.connecting || s.connecting) {
+      s.destroy(); // Node would wait for the connect to reset: close now, the dial is abandoned
+      return;
+    }
     // Everything written and end() called, but no 'finish' yet: Node's shutdown may be with
     // libuv, which would refuse the reset (and Node would never close the handle). Reset once
     // the shutdown is done; bounded by a plain close.

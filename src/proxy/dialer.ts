@@ -141,7 +141,9 @@ class DirectDial implements DialAttempt, TcpPortOwner {
   }
 
   cancel(): void {
-    if (this.settle() !== null) this.port?.close();
+    // A reset, not a close: the connect may have completed in the kernel already, and the
+    // container must not take an abandoned connection for an empty but complete one.
+    if (this.settle() !== null) this.port?.reset();
   }
 
   /** The waiter, once: null when the dial has already ended. */
