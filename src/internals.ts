@@ -19,8 +19,11 @@
 //    connection cost outside the kernel (docs/architecture.md, "TCP data path"). It relies on
 //    process.binding('tcp_wrap') (TCP, TCPConnectWrap) and ('stream_wrap') (WriteWrap,
 //    ShutdownWrap, streamBaseState and its indices) and on net.Server's `_handle.onconnection`.
-//    Fallback: acceptRaw hands over net.Sockets (also when the path is turned off at runtime) and
-//    the listener relays them with src/proxy/relay.ts.
+//    The connection engine (src/proxy/connection.ts) sees every TCP socket as a TcpPort: a
+//    RawSocket, or — the fallback, also when the path is turned off at runtime — a net.Socket
+//    behind the same methods (SocketPort). Ports come from acceptRaw, rawDial (also on an existing
+//    unconnected handle) and adoptConnected (a connected net.Socket or handle: the namespace
+//    helper's); see the TCP ports section.
 // 4. rawUdp — UDP datagrams through the socket's UDP handle (raw UDP section, at the end). Per
 //    datagram, dgram's public path costs a 'message' emit, argument checks, a lookup step and a
 //    `new SendWrap()` (a C++-backed object) for every send. Here the handle's `onmessage` calls

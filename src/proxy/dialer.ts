@@ -177,11 +177,11 @@ class DirectDial implements DialAttempt, TcpPortOwner {
 
   // Nothing else reaches a port that is connecting and not reading; if it did, the dial failed.
   onData(port: TcpPort): undefined {
-    this.onConnected(port, -32);
+    this.onConnected(port, UV_EPIPE);
     return undefined;
   }
   onEnd(port: TcpPort): void {
-    this.onConnected(port, -32);
+    this.onConnected(port, UV_EPIPE);
   }
   onError(port: TcpPort, errno: number): void {
     this.onConnected(port, errno);
@@ -189,6 +189,8 @@ class DirectDial implements DialAttempt, TcpPortOwner {
   onWritten(): void {}
   onShutdown(): void {}
 }
+
+const UV_EPIPE = -32;
 
 function onDialTimeout(dial: DirectDial): void {
   dial.timedOut();
