@@ -11,6 +11,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import { skipUnless } from '../helpers/env.js';
 import { connect, nodeArgv, randomPayload, readAll, repoRoot, until } from '../helpers/net.js';
 
 const IDLE_MS = 1500;
@@ -90,7 +91,7 @@ function errCode(err: unknown): string | null {
 const isReset = (code: string | null | undefined): boolean => code === 'ECONNRESET' || code === 'EPIPE';
 
 for (const mode of ['raw', 'socket'] as const) {
-  t.test(`${mode} path: every ending releases both descriptors; timeouts and errors reach both peers as resets`, async (t) => {
+  t.test(`${mode} path: every ending releases both descriptors; timeouts and errors reach both peers as resets`, skipUnless({ tools: ['python3'] }), async (t) => {
     let onBackend: (s: net.Socket) => void = (s) => s.destroy();
     const server = net.createServer({ allowHalfOpen: true }, (s) => {
       s.on('error', () => {});
