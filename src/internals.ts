@@ -19,8 +19,11 @@
 //    connection cost outside the kernel (docs/architecture.md, "TCP data path"). It relies on
 //    process.binding('tcp_wrap') (TCP, TCPConnectWrap) and ('stream_wrap') (WriteWrap,
 //    ShutdownWrap, streamBaseState and its indices) and on net.Server's `_handle.onconnection`.
-//    Fallback: acceptRaw hands over net.Sockets (also when the path is turned off at runtime) and
-//    the listener relays them with src/proxy/relay.ts.
+//    The connection engine (src/proxy/connection.ts) sees every TCP socket as a TcpPort: a
+//    RawSocket, or — the fallback, also when the path is turned off at runtime — a net.Socket
+//    behind the same methods (SocketPort). Ports come from acceptRaw, rawDial (also on an existing
+//    unconnected handle) and adoptConnected (a connected net.Socket or handle: the namespace
+//    helper's); see the TCP ports section.
 // 4. rawUdp — UDP datagrams through the socket's UDP handle (raw UDP section, at the end). Per
 //    datagram, dgram's public path costs a 'message' emit, argument checks, a lookup step and a
 //    `new SendWrap()` (a C++-backed object) for every send. Here the handle's `onmessage` calls
@@ -77,6 +80,12 @@ export function internals(): InternalsReport {
 export function disableFastPath(path: FastPath, why: string): void {
   state[path].off = why;
   state[path].checked = true;
+}
+
+/** Undoes disableFastPath (tests that exercise both paths): checked again, on if this Node has it. */
+export function restoreFastPath(path: FastPath): void {
+  state[path].off = null;
+  state[path].checked = false;
 }
 
 /**
@@ -272,26 +281,73 @@ export function fixReceivedUdp6Connect(socket: dgram.Socket): boolean {
   return true;
 }
 
-// ---- raw TCP: connections on libuv stream handles, no net.Socket ----------------------------
+// ---- TCP ports: one connection's socket, a raw handle or a net.Socket ----------------------
+//
+// The connection engine (src/proxy/connection.ts) sees a TCP socket only as a TcpPort: the raw
+// handle (RawSocket, the fast path rawTcp) or a net.Socket behind the same methods (SocketPort,
+// the fallback), as UdpPort serves UDP. Every way a socket comes to us ends in one of the two:
+//
+// - acceptRaw(server, onAccept, onError): accepted connections (RawSocket, or SocketPort when
+//   rawTcp is off, also when turned off at runtime);
+// - rawDial(ip, port, owner, handle?): a new connection to ip:port; with `handle`, on an EXISTING
+//   unconnected TCP handle (a socket created elsewhere, e.g. inside a network namespace by another
+//   process, and received over a pipe: it keeps its namespace, whoever connects it). A RawSocket
+//   when rawTcp is on, else a SocketPort over a net.Socket (built on that handle when given);
+// - adoptConnected(socketOrHandle, owner?): an already connected socket — a net.Socket (the
+//   namespace helper's, received over IPC) or a bare connected TCP handle — taken over as a
+//   RawSocket when rawTcp is on (the net.Socket is left empty and destroyed; its handle is ours),
+//   else a SocketPort. A socket that has already buffered bytes stays a SocketPort (they come first).
 
-/** Called by a RawSocket; `sock` says which socket. Every method runs on the event loop, never re-entrantly from a RawSocket call. */
-export interface RawSocketOwner {
+/** Called by a TcpPort; `port` says which. Every method runs from the event loop, never re-entrantly from a TcpPort call. */
+export interface TcpPortOwner {
   /** `n` bytes arrived: in `buf` (a fresh buffer of exactly n bytes), or at the start of the own buffer (useOwnBuffer). Return the own buffer for the next read (own-buffer mode only; undefined keeps the current one). */
-  rawData(sock: RawSocket, buf: Buffer, n: number): Buffer | undefined;
+  onData(port: TcpPort, buf: Buffer, n: number): Buffer | undefined;
   /** EOF from the peer: reading has stopped for good. */
-  rawEnd(sock: RawSocket): void;
-  /** A read failed (negative errno: ECONNRESET …). */
-  rawError(sock: RawSocket, errno: number): void;
+  onEnd(port: TcpPort): void;
+  /** The socket failed (negative errno: ECONNRESET …). */
+  onError(port: TcpPort, errno: number): void;
   /** A queued write (write() returned 1) completed: status 0 or a negative errno. */
-  rawWritten(sock: RawSocket, status: number): void;
+  onWritten(port: TcpPort, status: number): void;
   /** shutdown() completed: our FIN is out (status 0) or it failed. */
-  rawShutdown(sock: RawSocket, status: number): void;
-  /** connect() completed: 0, or a negative errno (ECONNREFUSED, ECANCELED after close()). */
-  rawConnected(sock: RawSocket, status: number): void;
+  onShutdown(port: TcpPort, status: number): void;
+  /** A dial (rawDial) completed: 0, or a negative errno (ECONNREFUSED …). */
+  onConnected(port: TcpPort, status: number): void;
+}
+
+/** One TCP socket as the connection engine uses it. close()/reset() are idempotent; after either, the owner hears nothing more. */
+export interface TcpPort {
+  owner: TcpPortOwner;
+  /** A bare handle (rawTcp) or a net.Socket. */
+  readonly raw: boolean;
+  readonly closed: boolean;
+  /** Queued writes not completed yet. */
+  readonly pendingWrites: number;
+  readonly remoteAddress: string | undefined;
+  readonly remotePort: number | undefined;
+  readonly localAddress: string | undefined;
+  readonly localPort: number | undefined;
+  readStart(): number;
+  readStop(): number;
+  /** Reads go into `buf` from now on (and into whatever onData returns): bulkReads. False: not now (or the fast path is off). */
+  useOwnBuffer(buf: Buffer): boolean;
+  /** 0: written; 1: queued (onWritten follows; keep `buf` unchanged until then); <0: errno. */
+  write(buf: Buffer): number;
+  /** Our FIN after every byte written before it (onShutdown follows). 0 or a negative errno. */
+  shutdown(): number;
+  /**
+   * Ends the connection with an RST (SO_LINGER 0), whatever is queued: the peer sees a reset, the
+   * descriptor is released. Also with a shutdown under way (see RawSocket.reset).
+   */
+  reset(): void;
+  /** Closes (FIN after what the kernel holds) and releases the descriptor. */
+  close(): void;
+  /** Hands the socket over as a paused net.Socket (allowHalfOpen): dialTcpAsync's callers. The port is closed for its owner. */
+  detach(): net.Socket;
 }
 
 interface TcpHandle {
   onread: ((this: TcpHandle, ab: ArrayBuffer | undefined) => Uint8Array | undefined) | null;
+  reading?: boolean;
   readStart(): number;
   readStop(): number;
   writeBuffer(req: Req, buf: Uint8Array): number;
@@ -304,7 +360,7 @@ interface TcpHandle {
   connect(req: Req, ip: string, port: number): number;
   connect6(req: Req, ip: string, port: number): number;
   useUserBuffer(buf: Uint8Array): void;
-  [kRawSocket]?: RawSocket;
+  [kRawSocket]?: RawSocket | undefined;
 }
 type Req = { oncomplete: unknown; sock: RawSocket | null; buffer?: Uint8Array | null };
 
@@ -329,6 +385,12 @@ function nodeBinding(name: 'tcp_wrap' | 'stream_wrap' | 'udp_wrap'): Record<stri
 
 const kRawSocket = Symbol('raw socket');
 const UV_EOF = -4095;
+const UV_EBADF = -9;
+const UV_EPIPE = -32;
+const UV_EINVAL = -22;
+const UV_ECONNABORTED = -103;
+/** How long a reset waits for a shutdown already handed to libuv (it completes on the next loop turn) before closing plainly. */
+const RESET_AFTER_SHUTDOWN_MAX_MS = 200;
 let rawB: RawBindings | null = null;
 
 function checkRawTcp(): boolean {
@@ -365,6 +427,23 @@ function checkRawTcp(): boolean {
   }
 }
 
+/** The raw path is on (checked, not turned off): new connections use RawSocket. */
+function rawTcpOn(): boolean {
+  return state.rawTcp.off === null && checkRawTcp();
+}
+
+/** Whether `h` is a TCP handle of this Node (what rawDial's `handle` and adoptConnected accept). */
+function isTcpHandle(h: unknown): h is TcpHandle {
+  if (!checkRawTcpBindings()) return false;
+  return h instanceof (rawB as RawBindings).TCP;
+}
+
+/** The bindings, also when rawTcp was turned off (a handle is still recognised for the fallback). */
+function checkRawTcpBindings(): boolean {
+  checkRawTcp();
+  return rawB !== null;
+}
+
 /** One write request kept spare: used again as long as writes complete at once (the usual case). */
 let spareWrite: Req | null = null;
 function writeReq(): Req {
@@ -376,42 +455,55 @@ function writeReq(): Req {
 }
 
 /**
- * A TCP connection on a bare libuv handle. Reads go to the owner's rawData (no stream, no
- * events); writes try at once and report 0 (done) or 1 (queued: rawWritten follows). Addresses
- * are read from the kernel on first use. close()/reset() are idempotent.
+ * A TCP connection on a bare libuv handle. Reads go to the owner's onData (no stream, no
+ * events); writes try at once and report 0 (done) or 1 (queued: onWritten follows). Addresses
+ * are read from the kernel on first use.
+ *
+ * Shutdown and reset: libuv refuses SO_LINGER 0 (uv_tcp_close_reset → EINVAL) while a shutdown
+ * is pending, and Node's TCPWrap::Reset then marks the handle closing anyway, so it could never
+ * be closed again (issue 20.2: a half-close timeout on a slow reader leaked the descriptor and the
+ * peer got every byte and a clean FIN instead of a reset). So: shutdown() is handed to libuv only
+ * once no write is queued (until then it is remembered), which makes a pending shutdown last one
+ * loop turn; a reset() in that turn is done when the shutdown completes (or, bounded, as a close).
  */
-export class RawSocket {
+export class RawSocket implements TcpPort {
+  readonly raw = true;
   closed = false;
-  /** Queued writes not completed yet. */
   pendingWrites = 0;
   /** The buffer reads go into (useOwnBuffer), or null: a fresh buffer per read. */
   own: Buffer | null = null;
+  /** shutdown() asked while writes were queued: done when the last completes. */
+  shutdownWanted = false;
+  /** A shutdown request is with libuv. */
+  shutdownPending = false;
+  /** reset() came while a shutdown was with libuv: reset when it completes. */
+  resetWanted = false;
   private peer: { address?: string; port?: number } | null = null;
   private sock: { address?: string; port?: number } | null = null;
 
-  private readonly handle: TcpHandle;
+  readonly handle: TcpHandle;
 
-  private constructor(handle: TcpHandle, public owner: RawSocketOwner) {
+  private constructor(handle: TcpHandle, public owner: TcpPortOwner) {
     this.handle = handle;
     handle[kRawSocket] = this;
     handle.onread = onRawRead;
   }
 
-  /** Wraps a handle accepted by acceptRaw's hook. */
-  static accepted(handle: unknown, owner: RawSocketOwner): RawSocket {
+  /** Wraps a connected handle (accepted, or adopted). */
+  static wrap(handle: unknown, owner: TcpPortOwner): RawSocket {
     return new RawSocket(handle as TcpHandle, owner);
   }
 
-  /** Starts connecting a new socket to ip:port (TCP_NODELAY on). Returns it, or a negative errno. */
-  static connect(ip: string, port: number, owner: RawSocketOwner): RawSocket | number {
+  /** Starts connecting a new socket (or `handle`, unconnected) to ip:port (TCP_NODELAY on). Returns it, or a negative errno. */
+  static connect(ip: string, port: number, owner: TcpPortOwner, handle?: TcpHandle): RawSocket | number {
     const b = rawB as RawBindings;
-    const handle = new b.TCP(b.SOCKET);
-    handle.setNoDelay(true); // a flag until the socket exists; libuv applies it on connect
-    const sock = new RawSocket(handle, owner);
+    const h = handle ?? new b.TCP(b.SOCKET);
+    h.setNoDelay(true); // a flag until the socket exists; libuv applies it on connect
+    const sock = new RawSocket(h, owner);
     const req = new b.TCPConnectWrap();
     req.oncomplete = onRawConnected;
     req.sock = sock;
-    const err = ip.includes(':') ? handle.connect6(req, ip, port) : handle.connect(req, ip, port);
+    const err = ip.includes(':') ? h.connect6(req, ip, port) : h.connect(req, ip, port);
     if (err !== 0) {
       sock.close();
       return err;
@@ -444,10 +536,6 @@ export class RawSocket {
     return this.closed ? 0 : this.handle.readStop();
   }
 
-  /**
-   * Reads go into `buf` from now on (and into whatever rawData returns): the bulkReads fast path
-   * on a raw socket. False (nothing changed) when bulkReads is off.
-   */
   useOwnBuffer(buf: Buffer): boolean {
     if (state.bulkReads.off !== null || this.closed) return false;
     this.own = buf;
@@ -456,7 +544,6 @@ export class RawSocket {
     return true;
   }
 
-  /** 0: written; 1: queued (rawWritten follows; keep `buf` unchanged until then); <0: errno. */
   write(buf: Buffer): number {
     if (this.closed) return UV_EBADF;
     const req = (spareWrite ??= writeReq());
@@ -470,30 +557,65 @@ export class RawSocket {
     return 1;
   }
 
-  /** Sends our FIN after the queued writes; rawShutdown follows. 0 or a negative errno. */
   shutdown(): number {
     if (this.closed) return UV_EBADF;
+    if (this.pendingWrites > 0) {
+      this.shutdownWanted = true; // after the last queued write (onRawWritten)
+      return 0;
+    }
+    return this.shutdownNow();
+  }
+
+  shutdownNow(): number {
+    this.shutdownWanted = false;
     const req = new (rawB as RawBindings).ShutdownWrap();
     req.oncomplete = onRawShutdown;
     req.sock = this;
-    return this.handle.shutdown(req);
+    const err = this.handle.shutdown(req);
+    if (err === 0) this.shutdownPending = true;
+    return err;
   }
 
-  /** Closes with an RST (SO_LINGER 0) when it can, else plainly. */
   reset(): void {
     if (this.closed) return;
     this.closed = true;
-    if (this.handle.reset() !== 0) this.handle.close();
+    if (this.shutdownPending) {
+      // libuv would refuse the reset now (see above): once the shutdown completes, or a close.
+      this.resetWanted = true;
+      setTimeout(resetOverdue, RESET_AFTER_SHUTDOWN_MAX_MS, this).unref();
+      return;
+    }
+    this.resetNow();
+  }
+
+  resetNow(): void {
+    this.resetWanted = false;
+    // Not under a pending shutdown, so this does not fail in practice; if it ever did, the handle
+    // could not be closed any more (Node marks it closing), so nothing else is tried.
+    this.handle.reset();
+    this.handle[kRawSocket] = undefined;
   }
 
   close(): void {
     if (this.closed) return;
     this.closed = true;
     this.handle.close();
+    this.handle[kRawSocket] = undefined;
+  }
+
+  detach(): net.Socket {
+    this.closed = true;
+    this.handle[kRawSocket] = undefined;
+    return new net.Socket({ handle: this.handle, allowHalfOpen: true, pauseOnCreate: true } as net.SocketConstructorOpts);
   }
 }
 
-const UV_EBADF = -9;
+function resetOverdue(sock: RawSocket): void {
+  if (!sock.resetWanted) return;
+  sock.resetWanted = false;
+  sock.handle.close(); // the shutdown never completed: close plainly (cancels it), the descriptor is freed
+  sock.handle[kRawSocket] = undefined;
+}
 
 function onRawRead(this: TcpHandle, ab: ArrayBuffer | undefined): Uint8Array | undefined {
   const sock = this[kRawSocket];
@@ -503,16 +625,16 @@ function onRawRead(this: TcpHandle, ab: ArrayBuffer | undefined): Uint8Array | u
   if (n > 0) {
     const own = sock.own;
     if (own === null) {
-      sock.owner.rawData(sock, Buffer.from(ab as ArrayBuffer, b.streamState[b.kOffset], n), n);
+      sock.owner.onData(sock, Buffer.from(ab as ArrayBuffer, b.streamState[b.kOffset], n), n);
       return undefined;
     }
-    const next = sock.owner.rawData(sock, own, n);
+    const next = sock.owner.onData(sock, own, n);
     if (next !== undefined) sock.own = next;
     return next;
   }
   if (n === 0) return undefined;
-  if (n === UV_EOF) sock.owner.rawEnd(sock);
-  else sock.owner.rawError(sock, n);
+  if (n === UV_EOF) sock.owner.onEnd(sock);
+  else sock.owner.onError(sock, n);
   return undefined;
 }
 
@@ -522,42 +644,312 @@ function onRawWritten(this: Req, status: number): void {
   this.buffer = null;
   if (sock === null) return;
   sock.pendingWrites--; // (a request that went async is not used again: Node wrapped it once)
-  if (!sock.closed) sock.owner.rawWritten(sock, status);
+  if (sock.closed) return;
+  sock.owner.onWritten(sock, status);
+  if (sock.shutdownWanted && sock.pendingWrites === 0 && !sock.closed) {
+    const err = status < 0 ? status : sock.shutdownNow();
+    if (err !== 0) sock.owner.onShutdown(sock, err);
+  }
 }
 
 function onRawShutdown(this: Req, status: number): void {
   const sock = this.sock;
   this.sock = null;
-  if (sock !== null && !sock.closed) sock.owner.rawShutdown(sock, status);
+  if (sock === null) return;
+  sock.shutdownPending = false;
+  if (sock.resetWanted) sock.resetNow();
+  else if (!sock.closed) sock.owner.onShutdown(sock, status);
 }
 
 function onRawConnected(this: Req, status: number): void {
   const sock = this.sock;
   this.sock = null;
-  if (sock !== null && !sock.closed) sock.owner.rawConnected(sock, status);
+  if (sock !== null && !sock.closed) sock.owner.onConnected(sock, status);
 }
 
-/** What acceptRaw hands over per connection: a raw socket (fast path on) or a net.Socket (off). */
-export type AcceptedConnection = { raw: RawSocket; socket: null } | { raw: null; socket: net.Socket };
-
-/** Until the acceptor takes a new socket: anything it reports resets it. */
-const NO_OWNER: RawSocketOwner = {
-  rawData: (sock) => (sock.reset(), undefined),
-  rawEnd: (sock) => sock.reset(),
-  rawError: (sock) => sock.reset(),
-  rawWritten: (sock) => sock.reset(),
-  rawShutdown: (sock) => sock.reset(),
-  rawConnected: (sock) => sock.reset(),
+/** Until an owner takes a new socket: anything it reports resets it. */
+const NO_OWNER: TcpPortOwner = {
+  onData: (port) => (port.reset(), undefined),
+  onEnd: (port) => port.reset(),
+  onError: (port) => port.reset(),
+  onWritten: (port) => port.reset(),
+  onShutdown: (port) => port.reset(),
+  onConnected: (port) => port.reset(),
 };
 
+// The fallback port: a net.Socket behind TcpPort's methods.
+
+const kPort = Symbol('tcp port');
+type PortSocket = net.Socket & { [kPort]?: SocketPort | undefined };
+
+function errnoOf(err: unknown): number {
+  const n = (err as { errno?: unknown } | null)?.errno;
+  return typeof n === 'number' && n < 0 ? n : UV_EPIPE;
+}
+
 /**
- * Takes over `server`'s accepts (call it once listening): each connection comes to `onAccept`
- * as a RawSocket (set its owner there), or — with the fast path off, also when turned off at
- * runtime — as a paused net.Socket, as 'connection' would give it; both with TCP_NODELAY. Accept errors
- * (EMFILE …) go to `onError` with the errno. Returns false (nothing changed) when the server's
- * handle does not fit; the caller then listens for 'connection' as usual.
+ * A net.Socket as a TcpPort (the fallback; rawTcp off). Its events go to shared module-level
+ * handlers that find the port through the socket. Writes report 0 when the socket took them at
+ * once (nothing left in its buffer) and 1 otherwise; their completion callbacks arrive in order,
+ * so a queue of flags says which of them to report.
  */
-export function acceptRaw(server: net.Server, onAccept: (c: AcceptedConnection) => void, onError: (errno: number) => void): boolean {
+class SocketPort implements TcpPort {
+  readonly raw = false;
+  closed = false;
+  pendingWrites = 0;
+  /** Per write not completed yet, in order: whether write() reported it queued. */
+  private readonly flights: boolean[] = [];
+  /** Reading into own buffers (bulkReads on a net.Socket). */
+  private own = false;
+  private ownNext: Buffer | null = null;
+  private inRead = false;
+  private stopAsked = false;
+  private readonly writeDone: (err?: Error | null) => void;
+
+  constructor(
+    readonly socket: net.Socket,
+    public owner: TcpPortOwner,
+    /** Still connecting: 'connect' or an error completes it (onConnected). */
+    public connecting: boolean,
+  ) {
+    const s = socket as PortSocket;
+    s[kPort] = this;
+    s.allowHalfOpen = true;
+    s.pause();
+    s.on('data', onSocketData);
+    s.on('end', onSocketEnd);
+    s.on('error', onSocketError); // stays: late errors never crash the process
+    s.on('close', onSocketClose);
+    s.on('finish', onSocketFinish);
+    if (connecting) s.on('connect', onSocketConnect);
+    this.writeDone = (err) => this.written(err);
+  }
+
+  get remoteAddress(): string | undefined {
+    return this.socket.remoteAddress;
+  }
+  get remotePort(): number | undefined {
+    return this.socket.remotePort;
+  }
+  get localAddress(): string | undefined {
+    return this.socket.localAddress;
+  }
+  get localPort(): number | undefined {
+    return this.socket.localPort;
+  }
+
+  readStart(): number {
+    if (this.closed) return 0;
+    if (this.own) {
+      this.stopAsked = false;
+      resumeOwnBufferReads(this.socket);
+    } else this.socket.resume();
+    return 0;
+  }
+
+  readStop(): number {
+    if (this.closed) return 0;
+    if (!this.own) this.socket.pause();
+    else if (this.inRead) this.stopAsked = true; // the read callback's false stops the handle
+    else stopOwnBufferReads(this.socket);
+    return 0;
+  }
+
+  useOwnBuffer(buf: Buffer): boolean {
+    const s = this.socket;
+    if (this.closed || this.own || s.readableLength > 0) return false;
+    this.ownNext = buf;
+    s.off('data', onSocketData);
+    const ok = readIntoOwnBuffers(
+      s,
+      (n, b) => this.ownRead(n, b),
+      () => this.ownNext as Buffer,
+    );
+    if (!ok) {
+      s.on('data', onSocketData);
+      return false;
+    }
+    this.own = true;
+    return true;
+  }
+
+  private ownRead(n: number, b: Buffer): boolean {
+    if (this.closed) return false;
+    this.inRead = true;
+    const next = this.owner.onData(this, b, n);
+    this.inRead = false;
+    if (next !== undefined) this.ownNext = next;
+    return !this.stopAsked && !this.closed;
+  }
+
+  write(buf: Buffer): number {
+    const s = this.socket;
+    if (this.closed) return UV_EBADF;
+    if (s.destroyed || s.writableEnded) return UV_EPIPE;
+    s.write(buf, this.writeDone);
+    const queued = s.writableLength > 0;
+    this.flights.push(queued);
+    if (!queued) return 0;
+    this.pendingWrites++;
+    return 1;
+  }
+
+  private written(err: Error | null | undefined): void {
+    if (this.flights.shift() !== true) return;
+    this.pendingWrites--;
+    if (!this.closed) this.owner.onWritten(this, err === null || err === undefined ? 0 : errnoOf(err));
+  }
+
+  shutdown(): number {
+    if (this.closed) return UV_EBADF;
+    this.socket.end();
+    return 0;
+  }
+
+  reset(): void {
+    if (this.closed) return;
+    this.closed = true;
+    const s = this.socket;
+    if (s.destroyed) return;
+    if (this.connecting || s.connecting) {
+      s.destroy(); // Node would wait for the connect to reset: close now, the dial is abandoned
+      return;
+    }
+    // Everything written and end() called, but no 'finish' yet: Node's shutdown may be with
+    // libuv, which would refuse the reset (and Node would never close the handle). Reset once
+    // the shutdown is done; bounded by a plain close.
+    if (s.writableEnded && !s.writableFinished && s.writableLength === 0) {
+      s.once('finish', resetSocket);
+      setTimeout(destroySocket, RESET_AFTER_SHUTDOWN_MAX_MS, s).unref();
+      return;
+    }
+    s.resetAndDestroy();
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.socket.destroy();
+  }
+
+  detach(): net.Socket {
+    this.closed = true;
+    const s = this.socket as PortSocket;
+    s.off('data', onSocketData);
+    s.off('end', onSocketEnd);
+    s.off('close', onSocketClose);
+    s.off('finish', onSocketFinish);
+    s.off('connect', onSocketConnect);
+    s[kPort] = undefined;
+    return s;
+  }
+
+  connected(status: number): void {
+    if (!this.connecting) return;
+    this.connecting = false;
+    if (!this.closed) this.owner.onConnected(this, status);
+  }
+}
+
+function resetSocket(this: net.Socket): void {
+  if (!this.destroyed) this.resetAndDestroy();
+}
+function destroySocket(s: net.Socket): void {
+  s.destroy();
+}
+
+function onSocketData(this: PortSocket, chunk: Buffer): void {
+  const p = this[kPort];
+  if (p !== undefined && !p.closed) p.owner.onData(p, chunk, chunk.length);
+}
+function onSocketEnd(this: PortSocket): void {
+  const p = this[kPort];
+  if (p !== undefined && !p.closed) p.owner.onEnd(p);
+}
+function onSocketFinish(this: PortSocket): void {
+  const p = this[kPort];
+  if (p !== undefined && !p.closed) p.owner.onShutdown(p, 0);
+}
+function onSocketConnect(this: PortSocket): void {
+  this[kPort]?.connected(0);
+}
+function onSocketError(this: PortSocket, err: Error): void {
+  const p = this[kPort];
+  if (p === undefined || p.closed) return;
+  if (p.connecting) p.connected(errnoOf(err));
+  else p.owner.onError(p, errnoOf(err));
+}
+function onSocketClose(this: PortSocket): void {
+  const p = this[kPort];
+  if (p === undefined || p.closed) return;
+  // A socket that has read EOF and sent our FIN closes by itself (autoDestroy): not an error.
+  if (this.readableEnded && this.writableFinished) return;
+  if (p.connecting) p.connected(UV_ECONNABORTED);
+  else p.owner.onError(p, UV_ECONNABORTED);
+}
+
+/** Stops own-buffer reads outside a read callback (the callback's false does it inside one). */
+function stopOwnBufferReads(socket: net.Socket): void {
+  const handle = handleOf(socket);
+  if (handle === null || !handle.reading) return;
+  handle.reading = false;
+  (handle as unknown as TcpHandle).readStop();
+}
+
+/**
+ * Starts a connection to ip:port (TCP_NODELAY on): a RawSocket when rawTcp is on, else a net.Socket
+ * behind a SocketPort. With `handle` (an unconnected TCP handle of this Node, created elsewhere —
+ * e.g. inside a network namespace — and received here), that socket is connected instead of a new
+ * one. `owner.onConnected` follows. A negative errno when it fails at once (EMFILE …; EINVAL when
+ * `handle` is not a TCP handle).
+ */
+export function rawDial(ip: string, port: number, owner: TcpPortOwner, handle?: unknown): TcpPort | number {
+  if (handle !== undefined && !isTcpHandle(handle)) return UV_EINVAL;
+  if (rawTcpOn()) return RawSocket.connect(ip, port, owner, handle);
+  const socket = new net.Socket(handle === undefined ? { allowHalfOpen: true } : ({ handle, allowHalfOpen: true, pauseOnCreate: true } as net.SocketConstructorOpts));
+  socket.setNoDelay(true);
+  const p = new SocketPort(socket, owner, true);
+  socket.connect({ host: ip, port });
+  return p;
+}
+
+/**
+ * Takes over an already connected socket: a net.Socket (e.g. received over IPC) or a bare
+ * connected TCP handle. A RawSocket when rawTcp is on and the socket holds no buffered bytes (the
+ * net.Socket is emptied and destroyed: its handle belongs to the port), else a SocketPort. The
+ * owner may be set later (before the next turn of the event loop); until then nothing is read.
+ */
+export function adoptConnected(socketOrHandle: net.Socket | object, owner: TcpPortOwner = NO_OWNER): TcpPort {
+  if (!(socketOrHandle instanceof net.Socket)) {
+    if (!isTcpHandle(socketOrHandle)) throw new TypeError('adoptConnected: not a net.Socket nor a TCP handle');
+    if (rawTcpOn()) {
+      state.rawTcp.uses++;
+      socketOrHandle.readStop();
+      return RawSocket.wrap(socketOrHandle, owner);
+    }
+    return new SocketPort(new net.Socket({ handle: socketOrHandle, allowHalfOpen: true, pauseOnCreate: true } as net.SocketConstructorOpts), owner, false);
+  }
+  const socket = socketOrHandle as net.Socket & { _handle?: unknown };
+  const h = socket._handle;
+  if (rawTcpOn() && isTcpHandle(h) && !socket.connecting && !socket.destroyed && socket.readableLength === 0 && socket.writableLength === 0) {
+    h.reading = false;
+    h.readStop();
+    socket._handle = null; // the socket object lets go of the handle: destroying it closes nothing
+    socket.destroy();
+    state.rawTcp.uses++;
+    return RawSocket.wrap(h, owner);
+  }
+  return new SocketPort(socket, owner, false);
+}
+
+/**
+ * Takes over `server`'s accepts (call it once listening): each connection comes to `onAccept` as a
+ * TcpPort — a RawSocket, or (rawTcp off, also when turned off at runtime) a paused net.Socket's
+ * SocketPort — with TCP_NODELAY (set once on the listening socket). Set its owner there. Accept
+ * errors (EMFILE …) go to `onError` with the errno. Returns false (nothing changed) when the
+ * server's handle does not fit; the caller then takes 'connection' events through adoptConnected.
+ */
+export function acceptRaw(server: net.Server, onAccept: (port: TcpPort) => void, onError: (errno: number) => void): boolean {
   const handle = (server as unknown as { _handle?: { onconnection?: unknown; setNoDelay?: unknown } | null })._handle;
   if (!checkRawTcp() || handle === null || handle === undefined || typeof handle.onconnection !== 'function' || typeof handle.setNoDelay !== 'function') return false;
   // Set once on the listening socket: Linux gives every accepted socket the listener's
@@ -570,11 +962,11 @@ export function acceptRaw(server: net.Server, onAccept: (c: AcceptedConnection) 
     }
     if (state.rawTcp.off === null) {
       state.rawTcp.uses++;
-      onAccept({ raw: RawSocket.accepted(client, NO_OWNER), socket: null });
+      onAccept(RawSocket.wrap(client, NO_OWNER));
       return;
     }
-    const socket = new net.Socket({ handle: client, allowHalfOpen: true, pauseOnConnect: true } as net.SocketConstructorOpts);
-    onAccept({ raw: null, socket });
+    const socket = new net.Socket({ handle: client, allowHalfOpen: true, pauseOnCreate: true } as net.SocketConstructorOpts);
+    onAccept(new SocketPort(socket, NO_OWNER, false));
   };
   return true;
 }
@@ -588,7 +980,7 @@ function rawTcpProbe(): Promise<string | null> {
     const server = net.createServer();
     const before = state.rawTcp.uses;
     let settled = false;
-    const socks: RawSocket[] = [];
+    const socks: TcpPort[] = [];
     const finish = (problem: string | null): void => {
       if (settled) return;
       settled = true;
@@ -600,40 +992,39 @@ function rawTcpProbe(): Promise<string | null> {
     };
     const timer = setTimeout(() => finish('no answer within 2 s'), 2000);
     server.once('error', (err) => finish(`listen: ${err.message}`));
-    const fail = (what: string) => (_s: RawSocket, errno: number): void => finish(`${what} failed (${util.getSystemErrorName(errno)})`);
-    const serverSide: RawSocketOwner = {
+    const fail = (what: string) => (_s: TcpPort, errno: number): void => finish(`${what} failed (${util.getSystemErrorName(errno)})`);
+    const serverSide: TcpPortOwner = {
       ...NO_OWNER,
-      rawData: (sock, buf, n) => {
+      onData: (sock, buf, n) => {
         if (buf.toString('latin1', 0, n) !== 'probe') finish(`the accepted side read ${JSON.stringify(buf.toString('latin1', 0, n))}`);
         else if (sock.write(Buffer.from('ok')) < 0 || sock.shutdown() !== 0) finish('write or shutdown failed');
         return undefined;
       },
-      rawShutdown: () => {},
-      rawWritten: () => {},
-      rawError: fail('read on the accepted side'),
+      onShutdown: () => {},
+      onWritten: () => {},
+      onError: fail('read on the accepted side'),
     };
     let got = '';
-    const clientSide: RawSocketOwner = {
+    const clientSide: TcpPortOwner = {
       ...NO_OWNER,
-      rawConnected: (sock, status) => {
+      onConnected: (sock, status) => {
         if (status !== 0) finish(`connect failed (${util.getSystemErrorName(status)})`);
         else if (sock.write(Buffer.from('probe')) < 0 || sock.readStart() !== 0) finish('write or read start failed');
       },
-      rawData: (_sock, buf, n) => ((got += buf.toString('latin1', 0, n)), undefined),
-      rawEnd: () => finish(got === 'ok' ? null : `the dialled side read ${JSON.stringify(got)} instead of "ok"`),
-      rawWritten: () => {},
-      rawError: fail('read on the dialled side'),
+      onData: (_sock, buf, n) => ((got += buf.toString('latin1', 0, n)), undefined),
+      onEnd: () => finish(got === 'ok' ? null : `the dialled side read ${JSON.stringify(got)} instead of "ok"`),
+      onWritten: () => {},
+      onError: fail('read on the dialled side'),
     };
     server.listen({ host: '127.0.0.1', port: 0 }, () => {
       const ok = acceptRaw(server, (c) => {
-        if (c.raw === null) {
-          c.socket.destroy();
+        socks.push(c);
+        if (!c.raw) {
           finish('the hook handed over a net.Socket');
           return;
         }
-        socks.push(c.raw);
-        c.raw.owner = serverSide;
-        c.raw.readStart();
+        c.owner = serverSide;
+        c.readStart();
       }, (errno) => finish(`accept failed (${util.getSystemErrorName(errno)})`));
       if (!ok) return finish("the server's handle has no onconnection");
       const dialled = RawSocket.connect('127.0.0.1', (server.address() as net.AddressInfo).port, clientSide);

@@ -32,7 +32,8 @@ function errorReply(id: number, err: unknown, timeout: boolean): HelperReply {
 }
 
 function dialTcp(req: Extract<HelperRequest, { type: 'dial-tcp' }>): void {
-  const socket = net.connect({ host: req.ip, port: req.port, allowHalfOpen: true });
+  // TCP_NODELAY here: the option belongs to the socket, which the main process then relays on.
+  const socket = net.connect({ host: req.ip, port: req.port, allowHalfOpen: true, noDelay: true });
   // Paused before the connect completes, Node never starts reading (afterConnect skips read(0)).
   socket.pause();
   let settled = false;

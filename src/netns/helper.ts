@@ -21,9 +21,9 @@ import net from 'node:net';
 import dgram from 'node:dgram';
 import type { Endpoint } from '../api.js';
 import { PortferryError } from '../errors.js';
-import { fixReceivedUdp6Connect } from '../internals.js';
+import { adoptConnected, fixReceivedUdp6Connect } from '../internals.js';
 import type { Logger } from '../log.js';
-import { dialError, dialTimeoutError, wrapDgram, type DialAttempt, type DialCallback, type Dialer, type UdpChannel } from '../proxy/dialer.js';
+import { dialError, dialTimeoutError, wrapDgram, type DialAttempt, type DialWaiter, type Dialer, type UdpChannel } from '../proxy/dialer.js';
 import { isHelperReply, type HelperReply, type HelperRequest } from './helper-protocol.js';
 import { validateNetnsPath } from './nsfs.js';
 
@@ -306,7 +306,12 @@ export class NetnsDialer implements Dialer {
     });
   }
 
-  dialTcp(target: Endpoint, timeoutMs: number, done: DialCallback): DialAttempt {
+  /**
+   * The helper dials inside the namespace and hands the connected socket over IPC; it is adopted
+   * as a TcpPort (src/internals.ts adoptConnected): its handle becomes a RawSocket when rawTcp is
+   * on — the connection then runs on the fast path like a direct one — else a net.Socket's port.
+   */
+  dialTcp(target: Endpoint, timeoutMs: number, waiter: DialWaiter): DialAttempt {
     const started = Date.now();
     const ac = new AbortController();
     this.request<net.Socket>(
@@ -321,16 +326,19 @@ export class NetnsDialer implements Dialer {
         }
         // Node builds the received socket itself, with allowHalfOpen false: set it before any
         // I/O callback can run, or Node would end our write side when the container half-closes.
+        // (TCP_NODELAY was set by the helper, on the same socket.)
         handle.allowHalfOpen = true;
         handle.pause();
-        handle.setNoDelay(true);
         return handle;
       },
       ac.signal,
     ).then(
-      (socket) => done(null, socket),
+      (socket) => {
+        if (ac.signal.aborted) socket.destroy();
+        else waiter.dialled(null, adoptConnected(socket));
+      },
       (err: unknown) => {
-        if (!ac.signal.aborted) done(err instanceof Error ? err : new Error(String(err)), null);
+        if (!ac.signal.aborted) waiter.dialled(err instanceof Error ? err : new Error(String(err)), null);
       },
     );
     return { cancel: () => ac.abort() };

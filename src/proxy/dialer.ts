@@ -7,7 +7,8 @@ import dgram from 'node:dgram';
 import type { Endpoint } from '../api.js';
 import { canonicalIP, formatEndpoint } from '../addr.js';
 import { PortferryError, errnoCode } from '../errors.js';
-import { udpPort } from '../internals.js';
+import util from 'node:util';
+import { rawDial, udpPort, type TcpPort, type TcpPortOwner } from '../internals.js';
 
 export interface DialOptions {
   /** Give up after this long (ms) with PF_DIAL_TIMEOUT. */
@@ -16,12 +17,17 @@ export interface DialOptions {
 }
 
 /**
- * How a dial ends: `(null, socket)` connected, or `(error, null)` with PF_DIAL_TIMEOUT,
- * PF_DIAL_FAILED (the errno in `details.errno`) or PF_NETNS_*. Called once, never after cancel().
+ * Who waits on a dial: told once how it ended — `(null, port)` connected (a TcpPort: a raw handle
+ * or a net.Socket behind the same methods; set its owner at once, nothing is read until then), or
+ * `(error, null)` with PF_DIAL_TIMEOUT, PF_DIAL_FAILED (the errno in `details.errno`) or
+ * PF_NETNS_*. Never after cancel(); possibly before dialTcp returns (a dial that fails at once).
+ * An object, not a callback: the connection engine is its own waiter (no closure per connection).
  */
-export type DialCallback = (err: Error | null, socket: net.Socket | null) => void;
+export interface DialWaiter {
+  dialled(err: Error | null, port: TcpPort | null): void;
+}
 
-/** A dial under way. cancel() ends it now and releases what it holds; its callback is not called. */
+/** A dial under way. cancel() ends it now and releases what it holds; its waiter is not told. */
 export interface DialAttempt {
   cancel(): void;
 }
@@ -44,11 +50,11 @@ export interface UdpChannel {
 export interface Dialer {
   readonly kind: 'direct' | 'netns';
   /**
-   * Connect a TCP socket to the container within `timeoutMs`. The socket is handed over
-   * connected, with allowHalfOpen set and reading paused (the relay starts it). A plain callback,
-   * not a promise: this runs once per connection (see dialTcpAsync for a promise).
+   * Connect a TCP socket to the container within `timeoutMs` and hand it to `waiter` as a
+   * TcpPort, connected and not reading (the connection engine starts it). Not a promise: this
+   * runs once per connection (see dialTcpAsync for a promise).
    */
-  dialTcp(target: Endpoint, timeoutMs: number, done: DialCallback): DialAttempt;
+  dialTcp(target: Endpoint, timeoutMs: number, waiter: DialWaiter): DialAttempt;
   /** Open a UDP channel to the container. */
   openUdp(target: Endpoint): Promise<UdpChannel>;
   /** Release what the dialer holds (helper processes). Idempotent. */
@@ -76,7 +82,10 @@ export function dialTimeoutError(target: Endpoint, timeoutMs: number): Portferry
 }
 
 
-/** A dial as a promise (tests, one-off callers); `signal` cancels it with PF_DIAL_FAILED (ABORTED). */
+/**
+ * A dial as a promise of a net.Socket (tests, one-off callers: the port is detached into a
+ * paused net.Socket with allowHalfOpen); `signal` cancels it with PF_DIAL_FAILED (ABORTED).
+ */
 export function dialTcpAsync(dialer: Dialer, target: Endpoint, options: DialOptions): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const aborted = (): PortferryError => dialError(target, Object.assign(new Error('aborted'), { code: 'ABORTED' }));
@@ -85,91 +94,103 @@ export function dialTcpAsync(dialer: Dialer, target: Endpoint, options: DialOpti
       attempt.cancel();
       reject(aborted());
     };
-    const attempt = dialer.dialTcp(target, options.timeoutMs, (err, socket) => {
-      options.signal?.removeEventListener('abort', onAbort);
-      if (socket !== null) resolve(socket);
-      else reject(err);
+    const attempt = dialer.dialTcp(target, options.timeoutMs, {
+      dialled(err, port) {
+        options.signal?.removeEventListener('abort', onAbort);
+        if (port !== null) resolve(port.detach());
+        else reject(err);
+      },
     });
     options.signal?.addEventListener('abort', onAbort, { once: true });
   });
 }
 
+/** A failed system call's errno as an error (code: its name). */
+export function errnoError(errno: number): NodeJS.ErrnoException {
+  let code = `E${-errno}`;
+  try {
+    code = util.getSystemErrorName(errno);
+  } catch {
+    // not a system errno
+  }
+  return Object.assign(new Error(code), { code, errno });
+}
+
 /**
- * One direct dial. Its socket's listeners are shared functions that find the dial through the
- * socket (`this`), and its timer gets the dial as an argument: no closure per dial.
+ * One direct dial: the port's owner while it connects (rawDial: a raw handle, or a net.Socket
+ * when rawTcp is off), with the dial's timer. Its timer gets the dial as an argument: no closure.
  */
-class DirectDial implements DialAttempt {
-  readonly socket: DialSocket;
-  private timer: NodeJS.Timeout | null;
+class DirectDial implements DialAttempt, TcpPortOwner {
+  private port: TcpPort | null = null;
+  private timer: NodeJS.Timeout | null = null;
 
   constructor(
     private readonly target: Endpoint,
     private readonly timeoutMs: number,
-    private done: DialCallback | null,
-  ) {
-    const socket = new DialSocket(this);
-    this.socket = socket;
-    // Plain on(): once() would wrap each listener in a closure. After the dial settles
-    // socket.dial is null and these do nothing (the relay adds its own 'error' listener).
-    socket.on('connect', onDialConnect);
-    socket.on('error', onDialError);
-    this.timer = setTimeout(onDialTimeout, timeoutMs, this);
-    socket.connect({ host: target.ip, port: target.port });
+    private waiter: DialWaiter | null,
+  ) {}
+
+  start(): void {
+    const p = rawDial(this.target.ip, this.target.port, this);
+    if (typeof p === 'number') {
+      this.settle()?.dialled(dialError(this.target, errnoError(p)), null);
+      return;
+    }
+    this.port = p;
+    this.timer = setTimeout(onDialTimeout, this.timeoutMs, this);
   }
 
   cancel(): void {
-    if (this.settle() !== null) this.socket.destroy();
+    // A reset, not a close: the connect may have completed in the kernel already, and the
+    // container must not take an abandoned connection for an empty but complete one.
+    if (this.settle() !== null) this.port?.reset();
   }
 
-  /** The callback, once: null when the dial has already ended. */
-  private settle(): DialCallback | null {
-    const done = this.done;
-    if (done === null) return null;
-    this.done = null;
+  /** The waiter, once: null when the dial has already ended. */
+  private settle(): DialWaiter | null {
+    const w = this.waiter;
+    if (w === null) return null;
+    this.waiter = null;
     if (this.timer !== null) clearTimeout(this.timer);
     this.timer = null;
-    this.socket.dial = null;
-    return done;
+    return w;
   }
 
-  connected(): void {
-    const done = this.settle();
-    if (done === null) return;
-    const { socket } = this;
-    socket.pause(); // inside 'connect': Node then does not start reading
-    done(null, socket);
-  }
-
-  failed(err: Error): void {
-    const done = this.settle();
-    if (done === null) return;
-    this.socket.destroy();
-    done(dialError(this.target, err), null);
+  onConnected(port: TcpPort, status: number): void {
+    const w = this.settle();
+    if (w === null) return;
+    if (status < 0) {
+      port.close();
+      w.dialled(dialError(this.target, errnoError(status)), null);
+      return;
+    }
+    w.dialled(null, port);
   }
 
   timedOut(): void {
     this.timer = null;
-    const done = this.settle();
-    if (done === null) return;
-    this.socket.destroy();
-    done(dialTimeoutError(this.target, this.timeoutMs), null);
+    const w = this.settle();
+    if (w === null) return;
+    this.port?.close();
+    w.dialled(dialTimeoutError(this.target, this.timeoutMs), null);
   }
-}
 
-class DialSocket extends net.Socket {
-  constructor(public dial: DirectDial | null) {
-    super({ allowHalfOpen: true });
-    this.setNoDelay(true); // before connect: only a flag, applied once connected
+  // Nothing else reaches a port that is connecting and not reading; if it did, the dial failed.
+  onData(port: TcpPort): undefined {
+    this.onConnected(port, UV_EPIPE);
+    return undefined;
   }
+  onEnd(port: TcpPort): void {
+    this.onConnected(port, UV_EPIPE);
+  }
+  onError(port: TcpPort, errno: number): void {
+    this.onConnected(port, errno);
+  }
+  onWritten(): void {}
+  onShutdown(): void {}
 }
 
-function onDialConnect(this: DialSocket): void {
-  this.dial?.connected();
-}
-
-function onDialError(this: DialSocket, err: Error): void {
-  this.dial?.failed(err);
-}
+const UV_EPIPE = -32;
 
 function onDialTimeout(dial: DirectDial): void {
   dial.timedOut();
@@ -179,8 +200,10 @@ function onDialTimeout(dial: DirectDial): void {
 export class DirectDialer implements Dialer {
   readonly kind = 'direct' as const;
 
-  dialTcp(target: Endpoint, timeoutMs: number, done: DialCallback): DialAttempt {
-    return new DirectDial(target, timeoutMs, done);
+  dialTcp(target: Endpoint, timeoutMs: number, waiter: DialWaiter): DialAttempt {
+    const dial = new DirectDial(target, timeoutMs, waiter);
+    dial.start();
+    return dial;
   }
 
   openUdp(target: Endpoint): Promise<UdpChannel> {

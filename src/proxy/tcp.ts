@@ -1,25 +1,26 @@
 // A TCP listener for one binding: accept → connection limit → dial the container (direct
 // or through a namespace helper, bounded by connectTimeout) → PROXY header if configured → relay.
 //
-// Two connection paths (docs/architecture.md, "TCP data path"): raw connections (RawConnection,
-// for direct dials while the rawTcp fast path is on) and net.Socket relays (namespace dials; the
-// fallback). Over 350 lines because both share this listener's counters, limits and drain.
+// One connection path (docs/architecture.md, "TCP data path"): every accepted connection is a
+// TcpPort (src/internals.ts: a raw handle, or a net.Socket when the raw path is off) given to a
+// Connection (src/proxy/connection.ts), which dials through whichever Dialer this listener has and
+// relays. The listener never asks which dialer or which kind of port it has.
 //
-// Ownership: the listener owns its server, the connections being dialled and the live relays;
-// close() stops accepting and lets relays finish for a grace period, destroy() aborts them all.
+// Ownership: the listener owns its server and its connections (dialling ones included); close()
+// stops accepting and lets them finish — dials under way too — for a grace period, destroy()
+// aborts them all.
 import net from 'node:net';
 import util from 'node:util';
 import type { Binding, Endpoint, Listener, RelayResult, TcpStats } from '../api.js';
 import { errnoCode } from '../errors.js';
 import type { Logger } from '../log.js';
-import { acceptRaw, type RawSocket } from '../internals.js';
+import { acceptRaw, adoptConnected, type TcpPort } from '../internals.js';
 import { RateLimitedWarner } from './warn.js';
 import { bindError, closedBeforeListening } from './bind-error.js';
-import { dialErrno, type DialAttempt, type Dialer } from './dialer.js';
+import { dialErrno, type Dialer } from './dialer.js';
 import { buildConnectionHeader, type ConnectionAddresses } from './header-hook.js';
 import { newUniqueId } from './proxy-header.js';
-import { RawConnection, type RawConnectionHost } from './raw-connection.js';
-import { Relay } from './relay.js';
+import { Connection, type ConnectionHost } from './connection.js';
 
 export interface TcpListenerDeps {
   readonly dialer: Dialer;
@@ -45,44 +46,33 @@ export class TcpListener implements Listener {
   private listening: Promise<void> | null = null;
   /** Rejects the pending listen() (set while binding). */
   private failListen: ((err: Error) => void) | null = null;
-  /**
-   * Live connections: relays, and raw-path connections from accept on (dialling included); with
-   * debug logging on, what their 'connection closed' line needs.
-   */
-  private readonly relays = new Map<Relay | RawConnection, ConnectionInfo | null>();
-  /** Accepted connections whose container dial is under way. */
-  private readonly dialling = new Map<net.Socket, DialAttempt>();
+  /** Live connections from accept on (dialling included); with debug logging on, what their 'connection closed' line needs. */
+  private readonly conns = new Map<Connection, ConnectionInfo | null>();
   private closed: Promise<void> | null = null;
   private nextId = 1;
   private counts = { accepted: 0, refused: 0, dialFailures: 0, acceptErrors: 0, bytesToContainer: 0, bytesToClient: 0 };
   /** Set by close(): re-checks whether the drain is complete; called whenever a connection ends. */
   private drainCheck: () => void = noop;
 
-  /** 'close' of a client being dialled for; `this` is the socket (one function per listener). */
-  private readonly clientLeftWhileDialling: (this: net.Socket) => void;
-
   private readonly warner: RateLimitedWarner;
-  /** What raw-path connections ask of this listener (one object per listener). */
-  private readonly rawHost: RawConnectionHost;
+  /** What connections ask of this listener (one object per listener). */
+  private readonly host: ConnectionHost;
 
   constructor(
     readonly binding: Binding,
     private readonly deps: TcpListenerDeps,
   ) {
     this.warner = new RateLimitedWarner(deps.logger);
-    const listener = this;
-    this.clientLeftWhileDialling = function (this: net.Socket): void {
-      listener.clientLeft(this);
-    };
     const m = binding.mapping;
-    this.rawHost = {
+    this.host = {
       connectTimeoutMs: m.connectTimeoutMs,
       idleTimeoutMs: m.idleTimeoutMs,
       halfCloseTimeoutMs: m.halfCloseTimeoutMs,
-      accepting: () => this.state === 'listening',
-      header: (conn) => this.rawHeader(conn),
+      dialer: deps.dialer,
+      target: binding.container,
+      header: (conn) => this.header(conn),
       headerFailed: (_conn, err) => this.headerFailed(err),
-      dialFailed: (conn, errno) => this.dialFailed(conn.client, conn.id, errno),
+      dialFailed: (conn, err) => this.dialFailed(conn.client, conn.id, dialErrno(err), errnoCode(err) ?? 'PF_DIAL_FAILED'),
       ended: (conn, result) => this.connectionEnded(conn, result),
     };
   }
@@ -121,12 +111,10 @@ export class TcpListener implements Listener {
         if (this.state !== 'binding') return; // closed while binding: close() has rejected and closes the server
         this.failListen = null;
         this.state = 'listening';
-        // The raw path (src/internals.ts: rawTcp) for direct dials: connections on bare handles.
-        // Namespace dials hand over net.Sockets and keep the relay.
-        const raw =
-          this.deps.dialer.kind === 'direct' &&
-          acceptRaw(server, (c) => (c.raw !== null ? this.onRawConnection(c.raw) : this.onConnection(c.socket)), (errno) => this.onAcceptError(util.getSystemErrorName(errno)));
-        if (!raw) server.on('connection', (socket) => this.onConnection(socket));
+        // Accepted connections arrive as ports (src/internals.ts): bare handles on the raw path,
+        // net.Sockets behind the same methods otherwise.
+        const raw = acceptRaw(server, (port) => this.onConnection(port), (errno) => this.onAcceptError(util.getSystemErrorName(errno)));
+        if (!raw) server.on('connection', (socket) => this.onConnection(adoptConnected(socket)));
         resolve();
       });
     });
@@ -142,13 +130,13 @@ export class TcpListener implements Listener {
   stats(): TcpStats {
     let up = this.counts.bytesToContainer;
     let down = this.counts.bytesToClient;
-    for (const r of this.relays.keys()) {
+    for (const r of this.conns.keys()) {
       up += r.bytesToContainer;
       down += r.bytesToClient;
     }
     return {
       protocol: 'tcp',
-      active: this.relays.size + this.dialling.size,
+      active: this.conns.size,
       accepted: this.counts.accepted,
       refused: this.counts.refused,
       dialFailures: this.counts.dialFailures,
@@ -169,7 +157,7 @@ export class TcpListener implements Listener {
     this.closed = new Promise<void>((resolve) => {
       let serverClosed = server === null;
       const check = (): void => {
-        if (serverClosed && this.relays.size === 0 && this.dialling.size === 0) {
+        if (serverClosed && this.conns.size === 0) {
           clearTimeout(timer);
           this.state = 'destroyed';
           this.drainCheck = noop;
@@ -196,12 +184,7 @@ export class TcpListener implements Listener {
   }
 
   private destroyConnections(): void {
-    for (const [socket, attempt] of this.dialling) {
-      attempt.cancel();
-      socket.destroy();
-    }
-    this.dialling.clear();
-    for (const r of [...this.relays.keys()]) r.destroy('destroyed');
+    for (const c of [...this.conns.keys()]) c.destroy('destroyed');
   }
 
   private onAcceptError(code: string): void {
@@ -209,24 +192,24 @@ export class TcpListener implements Listener {
     this.warner.warn('accept', { err: code, acceptErrors: this.counts.acceptErrors }, 'accept failed; the listener keeps serving (raise `ulimit -n` if this is EMFILE)');
   }
 
-  /** A connection on the raw path: it dials, relays and reports its end itself. */
-  private onRawConnection(client: RawSocket): void {
+  /** An accepted connection: it dials, relays and reports its end itself. */
+  private onConnection(client: TcpPort): void {
     const admit = this.admit();
     if (admit !== 'serve') {
       if (admit === 'close') client.close();
       else client.reset();
       return;
     }
-    const conn = new RawConnection(client, this.rawHost, this.nextId++);
+    const conn = new Connection(client, this.host, this.nextId++);
     const debug = this.deps.logger.isLevelEnabled('debug');
-    this.relays.set(conn, debug ? { id: conn.id, uniqueId: null, client: `${client.remoteAddress}:${client.remotePort}` } : null);
-    conn.dial(this.binding.container.ip, this.binding.container.port);
+    this.conns.set(conn, debug ? { id: conn.id, uniqueId: null, client: `${client.remoteAddress}:${client.remotePort}` } : null);
+    conn.dial();
   }
 
-  private rawHeader(conn: RawConnection): Buffer | null {
+  private header(conn: Connection): Buffer | null {
     const uniqueId = this.binding.mapping.proxyTlvs.uniqueId ? newUniqueId() : null;
-    const info = this.relays.get(conn);
-    if (info !== null && info !== undefined && uniqueId !== null) this.relays.set(conn, { ...info, uniqueId });
+    const info = this.conns.get(conn);
+    if (info !== null && info !== undefined && uniqueId !== null) this.conns.set(conn, { ...info, uniqueId });
     return buildConnectionHeader(this.binding, conn.client, uniqueId);
   }
 
@@ -239,78 +222,12 @@ export class TcpListener implements Listener {
     this.counts.accepted++;
     if (this.state !== 'listening') return 'close';
     const max = this.binding.mapping.maxConnections;
-    if (max > 0 && this.relays.size + this.dialling.size >= max) {
+    if (max > 0 && this.conns.size >= max) {
       this.counts.refused++;
       this.warner.warn('limit', { maxConnections: max, refused: this.counts.refused }, 'connection limit reached; new connections are refused');
       return 'reset';
     }
     return 'serve';
-  }
-
-  private onConnection(client: net.Socket): void {
-    client.on('error', noop); // until the relay owns it; a reset while dialling just aborts the dial
-    const admit = this.admit();
-    if (admit !== 'serve') {
-      if (admit === 'close') client.destroy();
-      else client.resetAndDestroy();
-      return;
-    }
-    const { mapping } = this.binding;
-    // A client that leaves while we dial: the accepted socket is paused (pauseOnConnect), so Node
-    // would not notice a reset until the relay starts. read(0) starts reading into the socket's
-    // own buffer (at most its high-water mark; nothing is consumed: the relay delivers it first,
-    // after the PROXY header), so a reset destroys the socket now and its 'close' cancels the
-    // dial. A FIN is not a departure: it may be a half-close before the reply (`request; EOF`).
-    client.read(0);
-    client.on('close', this.clientLeftWhileDialling); // on(), not once(): no wrapper closure; dialled() removes it
-    const id = this.nextId++;
-    this.dialling.set(
-      client,
-      this.deps.dialer.dialTcp(this.binding.container, mapping.connectTimeoutMs, (err, container) => this.dialled(client, id, err, container)),
-    );
-  }
-
-  /** The client left (reset) while we dialled: cancel the dial, which releases its socket. */
-  private clientLeft(client: net.Socket): void {
-    const attempt = this.dialling.get(client);
-    if (attempt === undefined) return;
-    this.dialling.delete(client);
-    attempt.cancel();
-    this.drainCheck();
-  }
-
-  private dialled(client: net.Socket, id: number, err: Error | null, container: net.Socket | null): void {
-    this.dialling.delete(client);
-    client.off('close', this.clientLeftWhileDialling);
-    if (container === null) {
-      this.dialFailed(client, id, dialErrno(err), errnoCode(err) ?? 'unknown');
-      // The client learns of the failure as a reset, not as an empty successful exchange.
-      if (!client.destroyed) client.resetAndDestroy();
-      this.drainCheck();
-      return;
-    }
-    if (client.destroyed || this.state !== 'listening') {
-      container.destroy();
-      client.destroy();
-      this.drainCheck();
-      return;
-    }
-    const { mapping } = this.binding;
-    const uniqueId = mapping.proxyTlvs.uniqueId ? newUniqueId() : null;
-    let header: Buffer | null;
-    try {
-      header = buildConnectionHeader(this.binding, client, uniqueId);
-    } catch (e) {
-      this.headerFailed(e);
-      container.destroy();
-      client.resetAndDestroy();
-      this.drainCheck();
-      return;
-    }
-    if (header !== null) container.write(header); // one write, before any client byte (the client's reads wait in its buffer)
-    const relay = new Relay(client, container, { idleTimeoutMs: mapping.idleTimeoutMs, halfCloseTimeoutMs: mapping.halfCloseTimeoutMs }, this.relayEnded);
-    this.relays.set(relay, this.deps.logger.isLevelEnabled('debug') ? { id, uniqueId, client: `${client.remoteAddress}:${client.remotePort}` } : null);
-    relay.start();
   }
 
   /** Counts and reports a failed dial (the caller resets the client). */
@@ -327,14 +244,10 @@ export class TcpListener implements Listener {
     }
   }
 
-  private readonly relayEnded = (r: RelayResult, relay: Relay): void => {
-    this.connectionEnded(relay, r);
-  };
-
-  /** A relay or raw connection ended: `r` is null for one that never relayed (dial failed, client left). */
-  private connectionEnded(conn: Relay | RawConnection, r: RelayResult | null): void {
-    const info = this.relays.get(conn);
-    this.relays.delete(conn);
+  /** A connection ended: `r` is null for one that never relayed (dial failed, client left). */
+  private connectionEnded(conn: Connection, r: RelayResult | null): void {
+    const info = this.conns.get(conn);
+    this.conns.delete(conn);
     if (r === null) {
       this.drainCheck();
       return;

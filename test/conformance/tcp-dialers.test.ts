@@ -1,11 +1,13 @@
-// One TCP conformance suite, run against every Dialer: integrity, half-close both ways, resets both
-// ways, backend down then up. "direct" dials backends on the host's loopback; "netns" dials
-// backends that listen on 127.0.0.1 INSIDE a container namespace (unreachable from the host),
-// through the in-namespace helper.
+// One TCP conformance suite, run against every Dialer × both kinds of port: integrity, half-close
+// both ways, resets both ways, backend down then up. "direct" dials backends on the host's
+// loopback; "netns" dials backends that listen on 127.0.0.1 INSIDE a container namespace
+// (unreachable from the host), through the in-namespace helper. "raw": connections on bare
+// handles (rawTcp on); "socket": on net.Sockets behind the same port methods (rawTcp off).
 import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
 import path from 'node:path';
+import { disableFastPath, internals, restoreFastPath } from '../../src/internals.js';
 import { createTopology } from '../../src/netns/topology.js';
 import { NetnsDialer } from '../../src/netns/helper.js';
 import { DirectDialer, type Dialer } from '../../src/proxy/dialer.js';
@@ -83,8 +85,13 @@ const worlds: [string, Record<string, string>, Setup][] = [
   ],
 ];
 
-for (const [name, opts, setup] of worlds) {
-  t.test(`conformance: ${name} dialer`, opts, async (t) => {
+for (const [name, opts, setup] of worlds) for (const kind of ['raw', 'socket'] as const) {
+  t.test(`conformance: ${name} dialer, ${kind} ports`, opts, async (t) => {
+    if (kind === 'socket') {
+      disableFastPath('rawTcp', 'the conformance suite on net.Socket ports');
+      t.teardown(() => restoreFastPath('rawTcp'));
+    }
+    const rawBefore = internals().rawTcp.uses;
     const world = await setup(t);
     const forward = async (tt: T, port: number): Promise<number> => {
       const fwd = await startManager(tt.teardown, [testMapping({ containerPort: port })], world.dialer);
@@ -162,6 +169,13 @@ for (const [name, opts, setup] of worlds) {
         }
       }, 10_000, 'the late backend');
       t.pass('served once the backend is up');
+    });
+
+    t.test(`the connections above ran on ${kind} ports`, async (t) => {
+      // Raw sockets are counted (each accepted and each dialled or adopted one); none on the net.Socket path.
+      const used = internals().rawTcp.uses - rawBefore;
+      if (kind === 'raw') t.ok(used >= 2 * 20, `raw sockets used: ${used}`);
+      else t.equal(used, 0, 'no raw socket used');
     });
   });
 }

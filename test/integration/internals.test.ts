@@ -77,6 +77,27 @@ t.test('rawTcp is used by the TCP listener: the accept and the dial are raw sock
   t.equal(internals().rawTcp.uses, before + 2, 'one accepted and one dialled raw socket');
 });
 
+// Issue 19: namespace connections ran on the net.Socket relay (the listener used the raw path for
+// direct dials only, and the helper's socket stayed a net.Socket). Both sockets of a --netns
+// connection must be raw now: the accepted one, and the helper's, adopted as a raw handle.
+t.test('rawTcp is used by namespace connections: the accepted socket and the helper\'s socket are raw', gate, async (t) => {
+  const tp = await world();
+  const srv = await nsServer(t.teardown, tp, 'ctr', { proto: 'tcp', host: '127.0.0.1' });
+  const dialer = new NetnsDialer({ netnsPath: tp.paths.ctr as string, logger: silentLogger() });
+  t.teardown(() => dialer.close());
+  const fwd = await startManager(t.teardown, [testMapping({ containerPort: srv.port })], dialer);
+  await echoRoundTrip(fwd.port(), Buffer.from('warm up')); // starts the helper
+  const before = internals().rawTcp.uses;
+  const payload = randomPayload(2 * MiB);
+  const r = await echoRoundTrip(fwd.port(), payload);
+  t.equal(sha256(r.received), sha256(Buffer.concat([Buffer.from('pf\n'), payload])), 'greeting + echo intact through the namespace');
+  t.equal(internals().rawTcp.uses, before + 2, 'one accepted and one adopted raw socket for the connection');
+  await new Promise((res) => setTimeout(res, 50));
+  const rec = fwd.records.filter((x) => x['msg'] === 'connection closed').at(-1);
+  t.equal(rec?.['reason'], 'done');
+  t.equal(rec?.['bulk'], 2, 'both directions of the 2 MiB echo went bulk (own buffers on raw handles)');
+});
+
 t.test('bulkReads is used by the relay (a bulk transfer reads into its own buffers)', async (t) => {
   const before = internals().bulkReads.uses;
   const r = await bulkEcho(t);

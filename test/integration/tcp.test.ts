@@ -5,6 +5,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { loadMappings } from '../../src/config/index.js';
+import { disableFastPath, restoreFastPath } from '../../src/internals.js';
 import { silentLogger } from '../../src/log.js';
 import { DirectDialer } from '../../src/proxy/dialer.js';
 import { TcpListener } from '../../src/proxy/tcp.js';
@@ -239,6 +240,57 @@ t.test('bytes and a FIN sent while the container is being dialled arrive intact 
     t.equal(r.data.toString(), `${p.length} ${sha256(p)}`, `${p.length} bytes arrived in order, then the FIN (the backend answered at EOF)`);
   });
   clients.forEach((c) => c.destroy());
+});
+
+// Issue 20.6: a graceful drain dropped connections that were still dialling — the client (request
+// + FIN sent) got a clean EOF with 0 bytes. Draining means dials under way finish and relay like
+// established connections, within the drain timeout. The container answers late here because its
+// accept queue is full (its first SYNs are dropped) until the test wakes it.
+for (const path of ['raw', 'socket'] as const) {
+  t.test(`drain (${path} path): a connection still dialling when the listener drains is dialled and served`, async (t) => {
+    if (path === 'socket') {
+      disableFastPath('rawTcp', 'the drain test on net.Sockets');
+      t.teardown(() => restoreFastPath('rawTcp'));
+    }
+    const backend = await stoppedServer(t);
+    const fwd = await startManager(t.teardown, [testMapping({ containerPort: backend.port, connectTimeoutMs: 30_000 })]);
+    const active = (): number => (fwd.manager.stats()[0]?.stats as { active: number } | undefined)?.active ?? 0;
+    const c = await connect(fwd.port());
+    const reply = readAll(c);
+    const request = randomPayload(100 * 1024);
+    c.end(request);
+    await until(() => active() === 1, 5000, 'the connection to be dialling');
+    let settled = false;
+    void reply.then(() => (settled = true));
+    const closed = fwd.manager.close(10_000);
+    await new Promise((r) => setTimeout(r, 300));
+    t.equal(settled, false, 'the client is still waiting while the listener drains (the dial is under way)');
+    backend.resume();
+    const r = await reply;
+    t.equal(r.data.toString(), `${request.length} ${sha256(request)}`, 'the request reached the container and its reply came back');
+    t.equal(r.ended, 'eof');
+    await closed;
+    t.pass('and the drain completed once the connection ended');
+    c.destroy();
+  });
+}
+
+t.test('drain on SIGTERM (--drain-timeout 10s): a connection still dialling is dialled and served, then the process exits 0', async (t) => {
+  const backend = await stoppedServer(t);
+  const listenPort = await freePort();
+  const cli = runCli(t.teardown, ['run', '-p', `127.0.0.1:${listenPort}:127.0.0.1:${backend.port}`, '--drain-timeout', '10s']);
+  await cli.ready;
+  const c = await connect(listenPort);
+  const reply = readAll(c);
+  c.end('request');
+  await new Promise((r) => setTimeout(r, 300)); // accepted; the dial waits on the full accept queue
+  cli.child.kill('SIGTERM');
+  await until(() => /drain/i.test(cli.stderr()), 5000, 'the daemon to start draining');
+  backend.resume();
+  const r = await reply;
+  t.equal(r.data.toString(), `7 ${sha256(Buffer.from('request'))}`, 'the reply arrived (not a clean EOF with 0 bytes)');
+  t.equal(await cli.exited, 0, 'then the daemon exits 0');
+  c.destroy();
 });
 
 t.test('dial-failure warnings name the errno, say when the shortage is local (EMFILE), and do not repeat keys', skipUnless({ tools: ['prlimit'] }), async (t) => {
