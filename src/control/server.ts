@@ -114,7 +114,8 @@ function readBody(req: http.IncomingMessage): Promise<unknown> {
       chunks.push(c);
     };
     req.on('data', onData);
-    req.on('error', reject);
+    // The client closed before its body was whole: its fault, not an internal one.
+    req.on('error', (err) => reject(requestError(`the request body did not arrive whole (${errnoCode(err) ?? err.message}): the client closed the connection before sending all of it`)));
     req.on('end', () => {
       const text = Buffer.concat(chunks).toString('utf8');
       if (text.trim() === '') return resolve(undefined);
@@ -144,6 +145,8 @@ function idOf(text: string): number {
 }
 
 async function route(req: http.IncomingMessage, o: ApiServerOptions): Promise<[number, unknown]> {
+  // HTTP/1.1 requires Host (RFC 9112 §3.2); on a unix socket its value means nothing.
+  if (req.headers.host === undefined && req.httpVersion === '1.1') throw requestError('the request has no Host header (HTTP/1.1 requires one; any value will do, e.g. `Host: portferry`)');
   const url = targetOf(req.url);
   const f = o.forwarder;
   const method = req.method ?? 'GET';
@@ -337,7 +340,9 @@ function answerRaw(socket: net.Socket, answer: string): void {
 
 export async function startApiServer(o: ApiServerOptions): Promise<ApiServer> {
   await prepareSocket(o.socketPath);
-  const server = http.createServer({ requestTimeout: 30_000, headersTimeout: 10_000 }, (req, res) => {
+  // requireHostHeader: false, so that route() refuses a missing Host with a code (Node's own
+  // check answers 400 with an empty body).
+  const server = http.createServer({ requestTimeout: 30_000, headersTimeout: 10_000, requireHostHeader: false }, (req, res) => {
     // Nothing a request carries may throw out of this callback: that would end the process and
     // every mapping with it (issue 20: `GET //` did). handle() answers every fault it can with a
     // coded status; anything left (a fault in answering itself) costs this connection only.

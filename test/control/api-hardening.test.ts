@@ -161,7 +161,10 @@ t.test('bug 4: a non-root daemon and its client refuse a default socket director
   const asUser = ['setpriv', `--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', 'env', '-u', 'XDG_RUNTIME_DIR'];
   const run = async (args: string[], env: NodeJS.ProcessEnv = {}, prefix = asUser): Promise<{ code: number | string; stderr: string; stdout: string }> => {
     const p = runCli(t.teardown.bind(t), args, env, prefix);
-    const code = await p.exited;
+    // A daemon that starts after all is a failure, reported at once rather than by a timeout.
+    const started = p.ready.then(() => 'started (it should have refused)', () => 'exited');
+    const code = await Promise.race([p.exited, started.then((s) => (s === 'exited' ? p.exited : s))]);
+    if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
     for (const s of [p.child.stdout, p.child.stderr]) if (s !== null && !s.closed) await once(s, 'close');
     return { code, stderr: p.stderr(), stdout: p.stdout() };
   };
