@@ -256,7 +256,11 @@ async function prepareSocket(socketPath: string): Promise<void> {
     s.once('error', () => resolve(false));
   });
   if (live) throw new PortferryError('PF_API_SOCKET', `another process already serves the API socket ${socketPath}`, { hint: 'Stop that portferry first (GET /v1/info on the socket shows its pid), or give this one another --api path.' });
-  fs.unlinkSync(socketPath);
+  try {
+    fs.unlinkSync(socketPath);
+  } catch (err) {
+    throw new PortferryError('PF_API_SOCKET', `cannot remove the stale API socket ${socketPath}: ${errnoCode(err) ?? String(err)}`, { cause: err, hint: 'Remove it yourself (as its owner or root), or choose another --api path.' });
+  }
 }
 
 /**
@@ -330,9 +334,10 @@ function rawAnswer(status: number, reason: string, err: PortferryError): string 
 
 /** Writes `answer` and closes the socket; a socket that cannot take it is just destroyed. */
 function answerRaw(socket: net.Socket, answer: string): void {
-  // A response already under way on this socket (keep-alive) must not get bytes in its middle.
-  const current = (socket as net.Socket & { _httpMessage?: { headersSent?: boolean } | null })._httpMessage;
-  if (!socket.writable || (current !== undefined && current !== null && current.headersSent === true)) return void socket.destroy();
+  // While an earlier pipelined request on this socket still has its answer pending or under way,
+  // a raw answer would come first or land in its middle and be taken as that request's answer.
+  const pending = (socket as net.Socket & { _httpMessage?: unknown })._httpMessage;
+  if (!socket.writable || (pending !== undefined && pending !== null)) return void socket.destroy();
   socket.end(answer);
   // Bounded: a client that never closes its side does not keep the descriptor.
   setTimeout(() => socket.destroy(), 1000).unref();
