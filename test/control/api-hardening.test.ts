@@ -190,6 +190,7 @@ t.test('bug 4: a non-root daemon and its client refuse a default socket director
     const answer = '{"mappings":[]}';
     s.end(`HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${answer.length}\r\nConnection: close\r\n\r\n${answer}`);
   });
+  fs.rmSync(path.join(dir, 'api.sock'), { force: true }); // left by a daemon that wrongly started
   await new Promise<void>((r) => fake.listen(path.join(dir, 'api.sock'), () => r()));
   t.teardown(() => fake.close());
   fs.chmodSync(path.join(dir, 'api.sock'), 0o666);
