@@ -3,7 +3,7 @@
 // node:fs calls that check the socket's directory.
 import fs from 'node:fs';
 import http from 'node:http';
-import { dirname } from 'node:path';
+import { dirname, resolve as resolvePath } from 'node:path';
 import { CATALOGUE, PortferryError, errnoCode, type ErrorCode } from '../errors.js';
 
 /** Where `portferry run --api` listens when no path is given, and where clients look. */
@@ -23,8 +23,9 @@ export function defaultApiSocket(env: NodeJS.ProcessEnv = process.env): string {
  * connects, so neither serves nor talks to a socket another user put there. A directory that
  * does not exist passes: the daemon creates it 0700, a client then fails to connect.
  */
-export function checkSocketDir(dir: string, uid: number | undefined = process.geteuid?.()): void {
+export function checkSocketDir(socketDir: string, uid: number | undefined = process.geteuid?.()): void {
   if (uid === undefined) return; // no uids on this platform
+  const dir = resolvePath(socketDir); // `.` for a relative --api path: name the real directory
   let link: fs.Stats;
   try {
     link = fs.lstatSync(dir);
@@ -34,8 +35,9 @@ export function checkSocketDir(dir: string, uid: number | undefined = process.ge
   }
   const unsafe = (why: string, hint: string): PortferryError => new PortferryError('PF_API_SOCKET_UNSAFE', `the API socket's directory ${dir} ${why}; another user could put their own socket there, so portferry will not use it`, { hint, details: { dir } });
   const owners = uid === 0 ? 'root' : `you (uid ${uid}) or root`;
-  const away = `remove it (\`rm -r ${dir}\`, as its owner or root) so portferry creates it with mode 0700, or pass --api a path in a directory only you can write to${uid === 0 ? '' : ' (or set $XDG_RUNTIME_DIR)'}`;
-  if (link.isSymbolicLink() && link.uid !== uid && link.uid !== 0) throw unsafe(`is a symbolic link owned by uid ${link.uid}, not by ${owners}`, `Remove the link: ${away}.`);
+  // Never advise changing a shared directory such as /tmp: point at a private one instead.
+  const elsewhere = `pass --api a path in a directory of its own, e.g. --api ${dir === '/' ? '' : dir}/portferry-${uid}/api.sock (portferry creates a missing one with mode 0700)${uid === 0 ? '' : ', or set $XDG_RUNTIME_DIR'}`;
+  if (link.isSymbolicLink() && link.uid !== uid && link.uid !== 0) throw unsafe(`is a symbolic link owned by uid ${link.uid}, not by ${owners}`, `Do not use it: ${elsewhere}; or have root remove the link.`);
   let st: fs.Stats;
   try {
     st = fs.statSync(dir);
@@ -43,10 +45,12 @@ export function checkSocketDir(dir: string, uid: number | undefined = process.ge
     throw new PortferryError('PF_API_SOCKET', `cannot inspect the API socket's directory ${dir}: ${errnoCode(err) ?? String(err)}`, { cause: err });
   }
   if (!st.isDirectory()) throw new PortferryError('PF_API_SOCKET', `the API socket's directory ${dir} is not a directory`, { hint: 'Give --api a path inside a directory.' });
-  if (st.uid !== uid && st.uid !== 0) throw unsafe(`belongs to uid ${st.uid}, not to ${owners}`, `Do not use it: ${away}.`);
+  if (st.uid !== uid && st.uid !== 0) throw unsafe(`belongs to uid ${st.uid}, not to ${owners}`, `Do not use it: ${elsewhere}. If it is portferry's default directory, have root remove it (\`rm -r ${dir}\`), so that portferry creates it again with mode 0700.`);
   if ((st.mode & 0o022) !== 0) {
     const who = (st.mode & 0o020) !== 0 && (st.mode & 0o002) !== 0 ? 'its group and every user' : (st.mode & 0o002) !== 0 ? 'every user' : 'its group';
-    throw unsafe(`can be written by ${who} (mode ${(st.mode & 0o7777).toString(8)})`, `Make it private with \`chmod 700 ${dir}\`, or ${away}.`);
+    const mode = `mode ${(st.mode & 0o7777).toString(8)}`;
+    // A directory of the user's own can be made private; a shared one (root's, like /tmp) must not be.
+    throw unsafe(`can be written by ${who} (${mode})`, st.uid === uid && uid !== 0 ? `Make it private (\`chmod 700 ${dir}\`) if only you use it, or ${elsewhere}.` : `Do not change a shared directory: ${elsewhere}.`);
   }
 }
 

@@ -229,3 +229,35 @@ t.test('bug 4: a non-root daemon and its client refuse a default socket director
   await served.exited;
   t.ok(fs.existsSync(cliPath), 'ran the built CLI');
 });
+
+t.test('bug 4: checkSocketDir names the fault and never advises changing a shared directory', async (t) => {
+  const { checkSocketDir } = await import('../../src/control/client.js');
+  const me = 4242;
+  const refusal = (dir: string, uid: number): { code?: string; message?: string; hint?: string } => {
+    try {
+      checkSocketDir(dir, uid);
+      return {};
+    } catch (err) {
+      return err as { code: string; message: string; hint: string };
+    }
+  };
+  const shared = refusal('/tmp', me);
+  t.equal(shared.code, 'PF_API_SOCKET_UNSAFE', '/tmp (root, 1777) is refused');
+  t.match(shared.hint, /Do not change a shared directory: pass --api a path in a directory of its own, e\.g\. --api \/tmp\/portferry-4242\/api\.sock/);
+  t.notMatch(shared.hint, /chmod|rm -r/, 'and never says to chmod or remove /tmp');
+  t.same(refusal(path.join(os.tmpdir(), 'pf-does-not-exist-9f3a'), me), {}, 'a missing directory passes (the daemon creates it; a client then finds nothing)');
+  const dir = tempDir(t, 'pf-sockdir-');
+  t.same(refusal(dir, isRootUid() ? 0 : process.geteuid?.() ?? 0), {}, 'a private directory of ours passes');
+  if (isRootUid()) {
+    const link = path.join(dir, 'link');
+    fs.symlinkSync(dir, link);
+    fs.lchownSync(link, 65534, 65534);
+    const r = refusal(link, 0);
+    t.equal(r.code, 'PF_API_SOCKET_UNSAFE', 'a symbolic link owned by another user is refused even when it points to a good directory');
+    t.match(r.message, /is a symbolic link owned by uid 65534/);
+  }
+});
+
+function isRootUid(): boolean {
+  return process.geteuid?.() === 0;
+}
