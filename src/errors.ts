@@ -239,6 +239,10 @@ export const CATALOGUE = {
     meaning: 'No portferry daemon answers on the runtime API socket.',
     fix: 'Start one with `portferry run --api PATH` (or check the path: `--api`, default /run/portferry/api.sock as root).',
   },
+  PF_API_SOCKET_UNSAFE: {
+    meaning: 'The runtime API socket\'s directory belongs to another user or can be written by other users, so someone else could put their own socket there; the daemon does not serve there and clients do not connect there.',
+    fix: 'Use a directory only you (or root) own and can write to: set $XDG_RUNTIME_DIR, remove the directory (its owner or root can) so portferry creates it with mode 0700, `chmod go-w` it, or pass `--api` another path.',
+  },
 
   // -- benchmarks and namespaces (bench, src/netns) --
   PF_NOT_ROOT: {

@@ -1,14 +1,57 @@
 // The runtime API's client: HTTP/1.1 over the daemon's unix socket (docs/api.md). Used by
-// `portferry ports` and the CNI plugin's userspace backend; loads nothing but node:http.
+// `portferry ports` and the CNI plugin's userspace backend; loads nothing but node:http and the
+// node:fs calls that check the socket's directory.
+import fs from 'node:fs';
 import http from 'node:http';
+import { dirname, resolve as resolvePath } from 'node:path';
 import { CATALOGUE, PortferryError, errnoCode, type ErrorCode } from '../errors.js';
 
 /** Where `portferry run --api` listens when no path is given, and where clients look. */
 export function defaultApiSocket(env: NodeJS.ProcessEnv = process.env): string {
   if (process.getuid?.() === 0) return '/run/portferry/api.sock';
+  // The XDG spec says to ignore a relative $XDG_RUNTIME_DIR.
   const xdg = env['XDG_RUNTIME_DIR'];
-  if (xdg !== undefined && xdg !== '') return `${xdg}/portferry/api.sock`;
+  if (xdg !== undefined && xdg.startsWith('/')) return `${xdg}/portferry/api.sock`;
   return `/tmp/portferry-${process.getuid?.() ?? 'user'}/api.sock`;
+}
+
+/**
+ * Throws PF_API_SOCKET_UNSAFE when the directory of an API socket could hold someone else's
+ * socket: it (or a symbolic link on its way) belongs to a user other than `uid` and root, or
+ * group or others may write to it (the sticky bit does not help: whoever creates the socket
+ * first owns the rendezvous). The daemon checks before it binds, every client before it
+ * connects, so neither serves nor talks to a socket another user put there. A directory that
+ * does not exist passes: the daemon creates it 0700, a client then fails to connect.
+ */
+export function checkSocketDir(socketDir: string, uid: number | undefined = process.geteuid?.()): void {
+  if (uid === undefined) return; // no uids on this platform
+  const dir = resolvePath(socketDir); // `.` for a relative --api path: name the real directory
+  let link: fs.Stats;
+  try {
+    link = fs.lstatSync(dir);
+  } catch (err) {
+    if (errnoCode(err) === 'ENOENT') return;
+    throw new PortferryError('PF_API_SOCKET', `cannot inspect the API socket's directory ${dir}: ${errnoCode(err) ?? String(err)}`, { cause: err });
+  }
+  const unsafe = (why: string, hint: string): PortferryError => new PortferryError('PF_API_SOCKET_UNSAFE', `the API socket's directory ${dir} ${why}; another user could put their own socket there, so portferry will not use it`, { hint, details: { dir } });
+  const owners = uid === 0 ? 'root' : `you (uid ${uid}) or root`;
+  // Never advise changing a shared directory such as /tmp: point at a private one instead.
+  const elsewhere = `pass --api a path in a directory of its own, e.g. --api ${dir === '/' ? '' : dir}/portferry-${uid}/api.sock (portferry creates a missing one with mode 0700)${uid === 0 ? '' : ', or set $XDG_RUNTIME_DIR'}`;
+  if (link.isSymbolicLink() && link.uid !== uid && link.uid !== 0) throw unsafe(`is a symbolic link owned by uid ${link.uid}, not by ${owners}`, `Do not use it: ${elsewhere}; or have root remove the link.`);
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(dir);
+  } catch (err) {
+    throw new PortferryError('PF_API_SOCKET', `cannot inspect the API socket's directory ${dir}: ${errnoCode(err) ?? String(err)}`, { cause: err });
+  }
+  if (!st.isDirectory()) throw new PortferryError('PF_API_SOCKET', `the API socket's directory ${dir} is not a directory`, { hint: 'Give --api a path inside a directory.' });
+  if (st.uid !== uid && st.uid !== 0) throw unsafe(`belongs to uid ${st.uid}, not to ${owners}`, `Do not use it: ${elsewhere}. If it is portferry's default directory, have root remove it (\`rm -r ${dir}\`), so that portferry creates it again with mode 0700.`);
+  if ((st.mode & 0o022) !== 0) {
+    const who = (st.mode & 0o020) !== 0 && (st.mode & 0o002) !== 0 ? 'its group and every user' : (st.mode & 0o002) !== 0 ? 'every user' : 'its group';
+    const mode = `mode ${(st.mode & 0o7777).toString(8)}`;
+    // A directory of the user's own can be made private; a shared one (root's, like /tmp) must not be.
+    throw unsafe(`can be written by ${who} (${mode})`, st.uid === uid && uid !== 0 ? `Make it private (\`chmod 700 ${dir}\`) if only you use it, or ${elsewhere}.` : `Do not change a shared directory: ${elsewhere}.`);
+  }
 }
 
 export interface ApiResponse {
@@ -21,6 +64,11 @@ const DEFAULT_TIMEOUT_MS = 10_000;
 /** One request. Rejects with PF_API_UNREACHABLE when nothing answers on the socket. */
 export function apiRequest(socketPath: string, method: string, path: string, body?: unknown, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<ApiResponse> {
   return new Promise((resolve, reject) => {
+    try {
+      checkSocketDir(dirname(socketPath));
+    } catch (err) {
+      return reject(err);
+    }
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
     const req = http.request(
       {
