@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Topology, NsName } from '../netns/topology.js';
 import { withNofile } from './env.js';
-import { LineReader, allowedCpuList, finish, lastJson, setAffinity, treeCpuSeconds, treeRssKiB } from './proc.js';
+import { LineReader, allowedCpuList, finish, lastJson, processTree, setAffinity, treeCpuSeconds, treeRssKiB } from './proc.js';
 import type { Sample, WorkloadId } from './types.js';
 
 /** Where a load generator connects to: the forwarder's (or the container's) address and ports. */
@@ -215,6 +215,19 @@ export async function runUdp(ctx: RunContext, target: Target, size: number): Pro
   return { ok: true, metrics: { kpps: got.datagrams / secs / 1000, lossPct: (1 - got.datagrams / sent) * 100, sent } };
 }
 
+// -- memory after the run ----------------------------------------------------------------------------
+
+/**
+ * The forwarder's resident memory now, summed over its whole process tree (helpers and every
+ * process of a runtime included): run after the traffic workloads of a repetition.
+ */
+export async function runRss(ctx: RunContext): Promise<Sample> {
+  if (ctx.forwarderPids === null) return fail('no forwarder to measure');
+  const processes = processTree(ctx.forwarderPids).length;
+  if (processes === 0) return fail('the forwarder has no live process');
+  return { ok: true, metrics: { rssMiB: treeRssKiB(ctx.forwarderPids) / 1024, processes } };
+}
+
 // -- everything on one CPU ----------------------------------------------------------------------------
 
 /**
@@ -259,5 +272,10 @@ export function runWorkload(ctx: RunContext, w: WorkloadId, targets: { readonly 
       return runUdp(ctx, targets.client, 64);
     case 'udp-1400':
       return runUdp(ctx, targets.client, 1400);
+    case 'rss':
+      return runRss(ctx);
+    case 'netns-10':
+      // It starts forwarders of its own in a world of ten namespaces: src/bench/rootless.ts runs it.
+      return Promise.resolve(fail('measured by the rootless scenario only'));
   }
 }
