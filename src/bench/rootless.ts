@@ -175,7 +175,7 @@ const DEFS: Readonly<Record<RootlessPathName, RootlessPathDef>> = {
     start: async (world) => startRootlesskitPorts(world, 'rootlesskit-slirp4netns', needContainer(world, 'slirp4netns')),
   },
   pasta: {
-    describe: () => `pasta (passt ${rootlessToolVersions()['pasta'] ?? ''}) attached to the container's namespaces as its user: \`pasta -f -q -4 --netns … --userns … -I pfpasta0 -t 127.0.0.1/HP:CP -u 127.0.0.1/${CTR_SERVERS.udpPort}:${CTR_SERVERS.udpPort} -T none -U none\` (TCP spliced into the namespace's loopback; UDP on the same port both sides, which the 2023 build needs)`,
+    describe: () => `pasta attached to the container's namespaces as its user: \`pasta -f -q -4 --netns … --userns … -I pfpasta0 -t 127.0.0.1/HP:CP -u 127.0.0.1/${CTR_SERVERS.udpPort}:${CTR_SERVERS.udpPort} -T none -U none\` (TCP spliced into the namespace's loopback; UDP on the same port both sides, which the 2023 build needs)`,
     unavailable: () => null,
     start: async (world) => {
       const c = needContainer(world, 'builtin');
@@ -221,7 +221,7 @@ async function runNetns10(world: World, nsWorld: NamespaceWorld, base: boolean, 
   const measure = async (count: number): Promise<{ rssKiB: number; processes: number } | string> => {
     const mappings = nsWorld.netns.slice(0, count).map((ns, i) => `  - hostIP: 127.0.0.1\n    hostPort: ${WORLD_PORT + i}\n    containerIP: 127.0.0.1\n    containerPort: ${nsWorld.tcpPort}\n    netns: ${ns}\n`);
     const config = world.machine.writeFile(`netns-${count}.yaml`, `mappings:\n${mappings.join('')}`);
-    const fw = await startPortferry(world, `portferry (${count} namespaces)`, base, ['-c', config]);
+    const fw = await startPortferry(world, `portferry (${count} namespace${count === 1 ? '' : 's'})`, base, ['-c', config]);
     const clients: ChildProcess[] = [];
     try {
       // Each namespace's first connection may wait for portferry to start what serves that

@@ -292,7 +292,7 @@ export function describeSample(w: WorkloadId, s: Sample): string {
     case 'cps':
       return `${Math.round(m['cps'] ?? 0)} conn/s${(m['failed'] ?? 0) > 0 ? `, ${m['failed']} failed` : ''}`;
     case 'rssMiB':
-      return `${f(m['rssMiB'])} MiB RSS, ${m['processes'] ?? '?'} processes`;
+      return `${f(m['rssMiB'])} MiB RSS, ${m['processes'] ?? '?'} process${m['processes'] === 1 ? '' : 'es'}`;
     case 'perNsMiB':
       return `RSS ${f(m['rss1MiB'])} MiB with 1 namespace, ${f(m['rss10MiB'])} MiB with 10 (+${f(m['perNsMiB'])} MiB each; ${m['processes1'] ?? '?'} → ${m['processes10'] ?? '?'} processes)`;
     case 'open':
