@@ -1,27 +1,28 @@
 // `portferry bench --scenario rootless`: into a rootless container's namespace from the host's
 // loopback, the way rootless users publish ports. As a throwaway unprivileged user with
-// subordinate ids (rootless-host.ts), rootlesskit + slirp4netns make the container; iperf3 and
-// pfgen serve inside it. Measured side by side, interleaved like the default scenario: rootlesskit's
-// builtin and slirp4netns port drivers (`rootlessctl add-ports`), pasta attached to the
+// subordinate ids, rootlesskit + slirp4netns make the container, with iperf3 and pfgen inside
+// (rootless-host.ts). Measured side by side, interleaved like the default scenario
+// (rootless-paths.ts): rootlesskit's builtin and slirp4netns port drivers, pasta attached to the
 // container's namespaces, portferry `--netns` (this build and --baseline), and for reference
-// portferry's direct path and no forwarder at all on the same loopback. Everything happens in a
-// namespace of our own (the "host" side: loopback plus a veth to an idle peer namespace, which
-// pasta wants as its outbound interface); everything is removed at the end, on failure and on abort.
+// portferry's direct path and no forwarder at all on the same loopback; then the memory figures.
+// Everything happens in a namespace of our own (the "host" side: loopback, plus a veth to an idle
+// peer namespace, which pasta wants as its outbound interface) and is removed at the end, on
+// failure and on abort.
 import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, chmodSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { PortferryError } from '../errors.js';
 import { createTopology, type Topology } from '../netns/topology.js';
-import { startServers, type BackendPorts, type Backends } from './backends.js';
-import { buildPfgen, ensureLoadTools, machineFacts, packageRoot, portferryVersion, ROOTLESS_TOOLS, rootlessToolVersions } from './env.js';
-import { Forwarder, START_TIMEOUT_MS, waitListening, type RunningPath } from './path-kit.js';
+import { startServers } from './backends.js';
+import { buildPfgen, ensureLoadTools, machineFacts, portferryVersion, ROOTLESS_TOOLS, rootlessToolVersions } from './env.js';
 import { LineReader, allowedCpuList, lastCpu, processTree, stopTree, treeRssKiB } from './proc.js';
 import { aggregate, withRatios } from './report.js';
 import { BenchInterrupted, CONN_LOOPS, FULL, QUICK, describeSample } from './run.js';
-import { RootlessMachine, containerHealth, execAsUser, spawnAsUser, startContainer, startNamespaceWorld, type Container, type NamespaceWorld } from './rootless-host.js';
+import { RootlessMachine, startContainer, startNamespaceWorld, type Container, type NamespaceWorld } from './rootless-host.js';
+import { CTR_SERVERS, HOST_SERVERS, ROOTLESS_PATHS, startPortferry, type RootlessRunning, type World } from './rootless-paths.js';
 import { ROOTLESS_PATH_NAMES, ROOTLESS_WORKLOAD_IDS, type BenchResult, type Cell, type PathStatus, type RootlessPathName, type Sample, type WorkloadId } from './types.js';
-import { runRequestResponse, runWorkload, type Durations, type RunContext, type SinkControl, type Target } from './workloads.js';
+import { runRequestResponse, runWorkload, type Durations, type RunContext, type Target } from './workloads.js';
 
 export type RootlessWorkloadId = (typeof ROOTLESS_WORKLOAD_IDS)[number];
 
@@ -47,169 +48,10 @@ export interface RootlessBenchOptions {
   readonly observe?: { namespaces?(names: readonly string[]): void; processes?(pids: readonly number[]): void; user?(name: string, uid: number): void };
 }
 
-/** Servers on the host side's loopback (the reference paths) and in every container. */
-const HOST_SERVERS: BackendPorts = { bulkPort: 15201, tcpPort: 17000, udpPort: 17001 };
-const CTR_SERVERS: BackendPorts = { bulkPort: 5201, tcpPort: 7000, udpPort: 7001 };
 /** Namespaces of the ten-namespace figure, and the connections held through each. */
 const WORLD_NAMESPACES = 10;
 const WORLD_CONNECTIONS = 5;
 const WORLD_PORT = 22000;
-
-function hostPorts(name: RootlessPathName): { bulk: number; tcp: number; udp: number } {
-  const base = 21000 + ROOTLESS_PATH_NAMES.indexOf(name) * 5;
-  // pasta's 2023 build loses UDP replies when the host port differs from the container's: same port.
-  return { bulk: base, tcp: base + 1, udp: name === 'pasta' ? CTR_SERVERS.udpPort : base + 2 };
-}
-
-interface RootlessRunning extends RunningPath<RootlessPathName> {
-  /** The UDP sink behind this path (the host side's or the container's). */
-  readonly sink: SinkControl;
-}
-
-interface World {
-  readonly topology: Topology;
-  readonly machine: RootlessMachine;
-  readonly pfgen: string;
-  readonly hostServers: Backends;
-  /** Containers by port driver; `builtin` also serves pasta and portferry --netns. */
-  readonly containers: Partial<Record<'builtin' | 'slirp4netns', Container>>;
-  readonly baseline: string | null;
-  readonly started: (c: ChildProcess) => void;
-}
-
-const NO_NAMESPACE = 'no namespace to serve';
-const NETNS_10_ONLY_PORTFERRY: Partial<Record<RootlessPathName, string>> = {
-  direct: NO_NAMESPACE,
-  'portferry-loopback': NO_NAMESPACE,
-  'rootlesskit-builtin': 'rootlesskit serves its own container only (one runtime per container)',
-  'rootlesskit-slirp4netns': 'rootlesskit serves its own container only (one runtime per container)',
-  pasta: 'pasta serves one namespace per process (ten namespaces: ten processes)',
-};
-
-function target(name: RootlessPathName, ports?: BackendPorts): { client: Target; local: Target } {
-  const p = hostPorts(name);
-  const t: Target = ports === undefined ? { ns: 'host', ip: '127.0.0.1', bulkPort: p.bulk, tcpPort: p.tcp, udpPort: p.udp } : { ns: 'host', ip: '127.0.0.1', ...ports };
-  return { client: t, local: t };
-}
-
-function runningOf(name: RootlessPathName, fw: Forwarder | null, sink: SinkControl, extraHealth: () => string | null = () => null, targets = target(name), rootPids?: readonly number[]): RootlessRunning {
-  return {
-    name,
-    targets,
-    forwarderPids: rootPids ?? (fw === null ? null : fw.pids),
-    sink,
-    skip: (w) => (w === 'netns-10' ? NETNS_10_ONLY_PORTFERRY[name] : w === 'rss' && fw === null && rootPids === undefined ? 'no forwarder' : undefined),
-    health: () => fw?.health() ?? extraHealth(),
-    stop: async () => {
-      await fw?.stop();
-    },
-  };
-}
-
-function portferryBin(world: World, base: boolean): string {
-  return join(base ? (world.baseline as string) : packageRoot(), 'bin', 'portferry.js');
-}
-
-/** `portferry run` as the bench user; ready when it logs so. */
-async function startPortferry(world: World, name: string, base: boolean, args: readonly string[]): Promise<Forwarder> {
-  const argv = [process.execPath, portferryBin(world, base), 'run', ...args, '--drain-timeout', '100ms', '--log-level', 'info'];
-  const child = spawnAsUser(world.topology, world.machine, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
-  world.started(child);
-  const fw = new Forwarder(name, [child]);
-  const line = await fw.stderr[0]?.waitFor((l) => l.includes('"msg":"ready"') || l.includes('PF_'), START_TIMEOUT_MS);
-  if (line === null || line === undefined || !line.includes('"msg":"ready"')) {
-    await fw.stop();
-    throw new Error(fw.health() ?? `portferry did not log ready within ${START_TIMEOUT_MS / 1000} s${line ? `: ${line}` : ''}`);
-  }
-  return fw;
-}
-
-function publish(p: { bulk: number; tcp: number; udp: number }, servers: BackendPorts): string[] {
-  return ['-p', `127.0.0.1:${p.bulk}:127.0.0.1:${servers.bulkPort}`, '-p', `127.0.0.1:${p.tcp}:127.0.0.1:${servers.tcpPort}`, '-p', `127.0.0.1:${p.udp}:127.0.0.1:${servers.udpPort}/udp`];
-}
-
-function needContainer(world: World, driver: 'builtin' | 'slirp4netns'): Container {
-  const c = world.containers[driver];
-  if (c === undefined) throw new Error(`the rootless container (--port-driver=${driver}) did not start`);
-  return c;
-}
-
-interface RootlessPathDef {
-  describe(baseline: string | null): string;
-  unavailable(baseline: string | null): string | null;
-  start(world: World): Promise<RootlessRunning>;
-}
-
-const DEFS: Readonly<Record<RootlessPathName, RootlessPathDef>> = {
-  direct: {
-    describe: () => "no forwarder: the client talks to servers on the same loopback (the ceiling); the host side's servers",
-    unavailable: () => null,
-    start: async (world) => runningOf('direct', null, world.hostServers.sink, () => null, target('direct', HOST_SERVERS)),
-  },
-  'portferry-loopback': {
-    describe: () => `portferry ${portferryVersion()} (this build), its direct path on the host side's loopback (servers there too), as the unprivileged user: the reference for --netns`,
-    unavailable: () => null,
-    start: async (world) => {
-      const fw = await startPortferry(world, 'portferry-loopback', false, publish(hostPorts('portferry-loopback'), HOST_SERVERS));
-      return runningOf('portferry-loopback', fw, world.hostServers.sink);
-    },
-  },
-  'portferry-netns': {
-    describe: () => `portferry ${portferryVersion()} (this build), \`portferry run --netns /proc/PID/ns/net -p 127.0.0.1:HP:127.0.0.1:CP …\` as the container's user (it enters the user namespace itself); RSS includes its namespace helper`,
-    unavailable: () => null,
-    start: async (world) => startNetnsPortferry(world, 'portferry-netns', false),
-  },
-  'portferry-netns-base': {
-    describe: (baseline) => (baseline === null ? 'another portferry build (--baseline DIR), --netns' : `portferry ${portferryVersion(baseline)} at ${baseline} (the baseline), --netns as portferry-netns`),
-    unavailable: (baseline) => (baseline === null ? 'no baseline given (--baseline DIR: another built portferry checkout or package)' : null),
-    start: async (world) => startNetnsPortferry(world, 'portferry-netns-base', true),
-  },
-  'rootlesskit-builtin': {
-    describe: () => 'rootlesskit --port-driver=builtin (the parent listens, the child dials inside and passes the socket back), ports by `rootlessctl add-ports`; RSS is the whole runtime (rootlesskit parent and child, slirp4netns)',
-    unavailable: () => null,
-    start: async (world) => startRootlesskitPorts(world, 'rootlesskit-builtin', needContainer(world, 'builtin')),
-  },
-  'rootlesskit-slirp4netns': {
-    describe: () => 'rootlesskit --port-driver=slirp4netns (slirp4netns forwards through its user-mode TCP/IP stack to the container\'s tap address), a runtime of its own; RSS is the whole runtime',
-    unavailable: () => null,
-    start: async (world) => startRootlesskitPorts(world, 'rootlesskit-slirp4netns', needContainer(world, 'slirp4netns')),
-  },
-  pasta: {
-    describe: () => `pasta attached to the container's namespaces as its user: \`pasta -f -q -4 --netns … --userns … -I pfpasta0 -t 127.0.0.1/HP:CP -u 127.0.0.1/${CTR_SERVERS.udpPort}:${CTR_SERVERS.udpPort} -T none -U none\` (TCP spliced into the namespace's loopback; UDP on the same port both sides, which the 2023 build needs)`,
-    unavailable: () => null,
-    start: async (world) => {
-      const c = needContainer(world, 'builtin');
-      const p = hostPorts('pasta');
-      const argv = ['pasta', '-f', '-q', '-4', '--netns', c.netns, '--userns', c.userns, '-I', 'pfpasta0',
-        '-t', `127.0.0.1/${p.bulk}:${CTR_SERVERS.bulkPort}`, '-t', `127.0.0.1/${p.tcp}:${CTR_SERVERS.tcpPort}`, '-u', `127.0.0.1/${p.udp}:${CTR_SERVERS.udpPort}`, '-T', 'none', '-U', 'none'];
-      const child = spawnAsUser(world.topology, world.machine, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
-      world.started(child);
-      const fw = new Forwarder('pasta', [child]);
-      try {
-        await waitListening(world.topology, fw, [p.bulk, p.tcp], [p.udp]);
-      } catch (err) {
-        await fw.stop();
-        throw err;
-      }
-      return runningOf('pasta', fw, c.servers.sink, () => containerHealth(c));
-    },
-  },
-};
-
-async function startNetnsPortferry(world: World, name: 'portferry-netns' | 'portferry-netns-base', base: boolean): Promise<RootlessRunning> {
-  const c = needContainer(world, 'builtin');
-  const fw = await startPortferry(world, name, base, ['--netns', c.netns, ...publish(hostPorts(name), CTR_SERVERS)]);
-  return runningOf(name, fw, c.servers.sink, () => containerHealth(c));
-}
-
-/** Ports of a rootlesskit container by its API (rootlessctl, as the user); its whole tree is the forwarder. */
-async function startRootlesskitPorts(world: World, name: 'rootlesskit-builtin' | 'rootlesskit-slirp4netns', c: Container): Promise<RootlessRunning> {
-  const p = hostPorts(name);
-  for (const spec of [`127.0.0.1:${p.bulk}:${CTR_SERVERS.bulkPort}/tcp`, `127.0.0.1:${p.tcp}:${CTR_SERVERS.tcpPort}/tcp`, `127.0.0.1:${p.udp}:${CTR_SERVERS.udpPort}/udp`]) {
-    await execAsUser(world.topology, world.machine, ['rootlessctl', '--socket', c.api, 'add-ports', spec]);
-  }
-  return runningOf(name, null, c.servers.sink, () => containerHealth(c), target(name), [c.pid]);
-}
 
 // -- ten namespaces under one user namespace ----------------------------------------------------------
 
@@ -225,18 +67,21 @@ async function runNetns10(world: World, nsWorld: NamespaceWorld, base: boolean, 
     const clients: ChildProcess[] = [];
     try {
       // Each namespace's first connection may wait for portferry to start what serves that
-      // namespace (today a helper process): one short exchange through each first, retried, so
-      // that the held connections measure memory, not start-up.
-      const warm = await Promise.all(
-        nsWorld.netns.slice(0, count).map(async (_, i) => {
-          const t: Target = { ns: 'host', ip: '127.0.0.1', bulkPort: 0, tcpPort: WORLD_PORT + i, udpPort: 0 };
-          let last: Sample = { ok: false, reason: 'not tried' };
-          for (let attempt = 0; attempt < 5 && !last.ok; attempt++) last = await runRequestResponse({ ...ctx, durations: { ...ctx.durations, otherSeconds: 0.2 } }, t);
-          return last.ok ? null : `namespace ${i + 1}: no exchange went through in 5 attempts: ${last.reason}`;
-        }),
-      );
-      const cold = warm.find((r) => r !== null);
-      if (cold !== undefined && cold !== null) return cold;
+      // namespace (today a helper process): one short exchange through each first, one namespace
+      // after the other (ten Node helpers starting at once on a small busy machine can miss their
+      // start timeout), retried, so that the held connections measure memory, not start-up.
+      for (let i = 0; i < count; i++) {
+        const t: Target = { ns: 'host', ip: '127.0.0.1', bulkPort: 0, tcpPort: WORLD_PORT + i, udpPort: 0 };
+        let last: Sample = { ok: false, reason: 'not tried' };
+        for (let attempt = 0; attempt < 10 && !last.ok; attempt++) {
+          if (attempt > 0) await new Promise((r) => setTimeout(r, 250));
+          last = await runRequestResponse({ ...ctx, durations: { ...ctx.durations, otherSeconds: 0.2 } }, t);
+        }
+        if (!last.ok) {
+          const warned = (fw.stderr[0]?.lines ?? []).filter((l) => /"level":(40|50)/.test(l)).slice(-1)[0];
+          return `namespace ${i + 1}: no exchange went through in 10 attempts: ${last.reason}${warned === undefined ? '' : `; portferry logged: ${warned.slice(0, 400)}`}`;
+        }
+      }
       const results = await Promise.all(
         nsWorld.netns.slice(0, count).map(async (_, i) => {
           const child = world.topology.spawn('host', ctx.pfgen, ['idle', '127.0.0.1', String(WORLD_PORT + i), String(WORLD_CONNECTIONS)], { stdio: ['pipe', 'pipe', 'pipe'] });
@@ -301,8 +146,8 @@ export async function runRootlessBench(opts: RootlessBenchOptions = {}): Promise
   const wanted = new Set<RootlessPathName>(['direct', ...(opts.paths ?? byDefault), ...(baseline !== null ? (['portferry-netns-base'] as const) : [])]);
   const selected = ROOTLESS_PATH_NAMES.filter((p) => wanted.has(p));
   const statuses: (PathStatus & { readonly name: RootlessPathName })[] = selected.map((name) => {
-    const why = DEFS[name].unavailable(baseline);
-    return why === null ? { name, status: 'measured', description: DEFS[name].describe(baseline) } : { name, status: 'skipped', reason: why, description: DEFS[name].describe(baseline) };
+    const why = ROOTLESS_PATHS[name].unavailable(baseline);
+    return why === null ? { name, status: 'measured', description: ROOTLESS_PATHS[name].describe(baseline) } : { name, status: 'skipped', reason: why, description: ROOTLESS_PATHS[name].describe(baseline) };
   });
   for (const s of statuses) if (s.status === 'skipped') log(`skipping ${s.name}: ${s.reason ?? ''}`);
   const needs = (driver: 'builtin' | 'slirp4netns'): boolean =>
@@ -402,7 +247,7 @@ export async function runRootlessBench(opts: RootlessBenchOptions = {}): Promise
       stopIfAborted();
       log(`starting ${s.name} …`);
       try {
-        const rp = await DEFS[s.name].start(world);
+        const rp = await ROOTLESS_PATHS[s.name].start(world);
         runningPaths.push(rp);
         measured.push(rp);
       } catch (err) {
