@@ -267,6 +267,7 @@ export async function runRootlessBench(opts: RootlessBenchOptions = {}): Promise
       graceMs: opts.graceMs ?? 20_000,
       backendPids: [],
       pinnedCpu: lastCpu(allowedCpuList()),
+      ...(rp.bulkSlackBytes === undefined ? {} : { bulkSlackBytes: rp.bulkSlackBytes }),
     });
     // One short exchange through every path first: portferry --netns starts its namespace helper
     // on the first connection, which should not land in the first measured cell.
