@@ -9,6 +9,8 @@ declare -A pkg_of=(
   [nsenter]=util-linux [setpriv]=util-linux [unshare]=util-linux
   [taskset]=util-linux [prlimit]=util-linux [cc]=gcc
   [podman]=podman [busybox]=busybox-static [rootlessctl]=rootlesskit
+  # test/bench/rootless.test.ts: the rootless scenario's container, pasta and throwaway user
+  [rootlesskit]=rootlesskit [slirp4netns]=slirp4netns [pasta]=passt [newuidmap]=uidmap [useradd]=passwd
 )
 
 want=()

@@ -1,6 +1,7 @@
-// The servers of the benchmark, in the container namespace: iperf3 (bulk), pfgen serve (request/
-// response, connections, idle) and pfgen sink (UDP, counts what arrives), each confirmed ready.
-import type { ChildProcess } from 'node:child_process';
+// The servers of the benchmark: iperf3 (bulk), pfgen serve (request/response, connections, idle)
+// and pfgen sink (UDP, counts what arrives), each confirmed ready. The default scenario runs them
+// in the container namespace; the rootless one in rootless containers and on the host's loopback.
+import type { ChildProcess, SpawnOptions } from 'node:child_process';
 import type { Topology } from '../netns/topology.js';
 import { withNofile } from './env.js';
 import { BACKEND } from './path-kit.js';
@@ -12,39 +13,61 @@ export interface Backends {
   readonly children: readonly ChildProcess[];
 }
 
+export interface BackendPorts {
+  readonly bulkPort: number;
+  readonly tcpPort: number;
+  readonly udpPort: number;
+}
+
+/** Where servers run: how to start a command there, and what listens there (`ss -Hltn`). */
+export interface ServerPlace {
+  /** For messages: "the container namespace". */
+  readonly what: string;
+  spawn(argv: readonly string[], opts: SpawnOptions): ChildProcess;
+  listeningTcp(): Promise<string>;
+}
+
 /** iperf3, pfgen serve and pfgen sink in the container namespace, each confirmed ready. */
-export async function startBackends(topology: Topology, pfgen: string, started: (c: ChildProcess) => void): Promise<Backends> {
+export function startBackends(topology: Topology, pfgen: string, started: (c: ChildProcess) => void): Promise<Backends> {
+  const place: ServerPlace = {
+    what: 'the container namespace',
+    spawn: (argv, opts) => topology.spawn('ctr', ...withNofile(argv), opts),
+    listeningTcp: async () => (await topology.exec('ctr', 'ss', ['-Hltn'])).stdout,
+  };
+  return startServers(place, pfgen, BACKEND, started);
+}
+
+/** iperf3, pfgen serve and pfgen sink at `place` on `ports`, each confirmed ready. */
+export async function startServers(place: ServerPlace, pfgen: string, ports: BackendPorts, started: (c: ChildProcess) => void): Promise<Backends> {
   const children: ChildProcess[] = [];
   const keep = (c: ChildProcess): ChildProcess => {
     children.push(c);
     started(c);
     return c;
   };
-  keep(topology.spawn('ctr', 'iperf3', ['-s', '-p', String(BACKEND.bulkPort)], { stdio: ['ignore', 'ignore', 'pipe'] }));
-  await waitTcpListening(topology, 'ctr', BACKEND.bulkPort);
-  const serve = await startPfgen(topology, pfgen, ['serve', String(BACKEND.tcpPort)], keep);
-  const sink = await startPfgen(topology, pfgen, ['sink', String(BACKEND.udpPort)], keep);
-  void serve;
+  keep(place.spawn(['iperf3', '-s', '-p', String(ports.bulkPort)], { stdio: ['ignore', 'ignore', 'pipe'] }));
+  await waitTcpListening(place, ports.bulkPort);
+  await startPfgen(place, pfgen, ['serve', String(ports.tcpPort)], keep);
+  const sink = await startPfgen(place, pfgen, ['sink', String(ports.udpPort)], keep);
   return { sink: sinkControl(sink.child, sink.out), children };
 }
 
-/** Starts a backend in ctr and waits for its `{"ready":true}` line. */
-async function startPfgen(topology: Topology, pfgen: string, args: readonly string[], started: (c: ChildProcess) => void): Promise<{ child: ChildProcess; out: LineReader }> {
-  const child = topology.spawn('ctr', ...withNofile([pfgen, ...args]), { stdio: ['pipe', 'pipe', 'pipe'] });
+/** Starts a backend and waits for its `{"ready":true}` line. */
+async function startPfgen(place: ServerPlace, pfgen: string, args: readonly string[], started: (c: ChildProcess) => void): Promise<{ child: ChildProcess; out: LineReader }> {
+  const child = place.spawn([pfgen, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
   started(child);
   const out = new LineReader(child.stdout);
   const err = new LineReader(child.stderr);
   const line = await out.waitFor((l) => l.includes('"ready"'), 10_000);
-  if (line === null) throw new Error(`pfgen ${args.join(' ')} did not start: ${err.text().trim() || 'no ready line within 10 s'}`);
+  if (line === null) throw new Error(`pfgen ${args.join(' ')} did not start in ${place.what}: ${err.text().trim() || 'no ready line within 10 s'}`);
   return { child, out };
 }
 
-async function waitTcpListening(topology: Topology, ns: 'ctr', port: number): Promise<void> {
+async function waitTcpListening(place: ServerPlace, port: number): Promise<void> {
   const deadline = Date.now() + 10_000;
   for (;;) {
-    const { stdout } = await topology.exec(ns, 'ss', ['-Hltn']);
-    if (new RegExp(`:${port}\\s`).test(stdout)) return;
-    if (Date.now() > deadline) throw new Error(`nothing listens on ${port} in the container namespace after 10 s`);
+    if (new RegExp(`:${port}\\s`).test(await place.listeningTcp())) return;
+    if (Date.now() > deadline) throw new Error(`nothing listens on ${port} in ${place.what} after 10 s`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }
@@ -55,7 +78,7 @@ function sinkControl(child: ChildProcess, out: LineReader): SinkControl {
       const from = out.lines.length;
       child.stdin?.write(`${nextToken ?? ''}\n`);
       const line = await out.waitFor((l) => l.includes('"datagrams"'), 5000, from);
-      if (line === null) throw new Error('the UDP sink in the container namespace did not answer');
+      if (line === null) throw new Error('the UDP sink did not answer');
       return JSON.parse(line) as SinkCounts;
     },
   };

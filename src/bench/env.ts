@@ -76,8 +76,18 @@ export const NGINX_STREAM_MODULE = '/usr/lib/nginx/modules/ngx_stream_module.so'
 /** Debian packages of the load tools the bench needs. */
 const LOAD_TOOLS: Readonly<Record<string, string>> = { iperf3: 'iperf3', cc: 'gcc', prlimit: 'util-linux', nsenter: 'util-linux', taskset: 'util-linux', ip: 'iproute2', ss: 'iproute2', iptables: 'iptables', nft: 'nftables' };
 
-function missingLoadTools(): string[] {
-  return Object.keys(LOAD_TOOLS).filter((t) => which(t) === null);
+/**
+ * What the rootless scenario needs on top (`--scenario rootless`): rootlesskit and slirp4netns for
+ * the container, pasta (Debian's passt), newuidmap (uidmap), the shadow tools for the throwaway user.
+ */
+export const ROOTLESS_TOOLS: Readonly<Record<string, string>> = {
+  iperf3: 'iperf3', cc: 'gcc', prlimit: 'util-linux', nsenter: 'util-linux', unshare: 'util-linux', setpriv: 'util-linux', ip: 'iproute2', ss: 'iproute2',
+  rootlesskit: 'rootlesskit', rootlessctl: 'rootlesskit', slirp4netns: 'slirp4netns', pasta: 'passt', newuidmap: 'uidmap', newgidmap: 'uidmap',
+  useradd: 'passwd', userdel: 'passwd', usermod: 'passwd', groupdel: 'passwd',
+};
+
+function missingLoadTools(tools: Readonly<Record<string, string>> = LOAD_TOOLS): string[] {
+  return Object.keys(tools).filter((t) => which(t) === null);
 }
 
 function aptInstall(packages: readonly string[], log: (line: string) => void): boolean {
@@ -93,15 +103,15 @@ function aptInstall(packages: readonly string[], log: (line: string) => void): b
  * Installs missing load tools (root only, Debian packages). Returns the apt-get command still
  * needed, or null when everything is there.
  */
-export function ensureLoadTools(log: (line: string) => void, install: boolean): string | null {
-  const missing = missingLoadTools();
+export function ensureLoadTools(log: (line: string) => void, install: boolean, tools: Readonly<Record<string, string>> = LOAD_TOOLS): string | null {
+  const missing = missingLoadTools(tools);
   if (missing.length === 0) return null;
-  const pkgs = [...new Set(missing.map((t) => LOAD_TOOLS[t] as string))].sort();
+  const pkgs = [...new Set(missing.map((t) => tools[t] as string))].sort();
   if (install && process.getuid?.() === 0 && which('apt-get') !== null) {
     aptInstall(pkgs, log);
-    const still = missingLoadTools();
+    const still = missingLoadTools(tools);
     if (still.length === 0) return null;
-    return `apt-get install -y ${[...new Set(still.map((t) => LOAD_TOOLS[t] as string))].sort().join(' ')}`;
+    return `apt-get install -y ${[...new Set(still.map((t) => tools[t] as string))].sort().join(' ')}`;
   }
   return `apt-get install -y ${pkgs.join(' ')}`;
 }
@@ -183,7 +193,7 @@ export function toolVersions(dockerProxy: string | null): Record<string, string>
   add('haproxy', firstLine('haproxy', ['-v'], /HAProxy version (\S+)/));
   add('nginx', firstLine('nginx', ['-v'], /nginx\/(\S+)/));
   if (dockerProxy !== null) {
-    const dpkg = firstLine('dpkg-query', ['-W', '-f', '${Version}', 'docker.io'], /^(\S+)$/);
+    const dpkg = firstLine('dpkg-query', ['-W', '-f', '${Version}', 'docker.io'], /^(\S+)$/m);
     let source: string | null = null;
     try {
       source = readFileSync(`${dockerProxy}.source`, 'utf8').trim();
@@ -192,6 +202,21 @@ export function toolVersions(dockerProxy: string | null): Record<string, string>
     }
     add('docker-proxy', dpkg ?? (source !== null ? `from ${source}` : dockerProxy));
   }
+  return v;
+}
+
+/** Versions of the rootless scenario's tools, for the record. */
+export function rootlessToolVersions(): Record<string, string> {
+  const v: Record<string, string> = {};
+  const add = (name: string, value: string | null): void => {
+    if (value !== null) v[name] = value;
+  };
+  add('iperf3', firstLine('iperf3', ['-v'], /iperf (\S+)/));
+  add('cc', firstLine('cc', ['--version'], /^\S+ (.*)$/m));
+  add('rootlesskit', firstLine('rootlesskit', ['--version'], /rootlesskit version (\S+)/));
+  add('slirp4netns', firstLine('slirp4netns', ['--version'], /slirp4netns version (\S+)/));
+  // pasta prints no version of its own in Debian's 2023 build: the package's.
+  add('pasta', firstLine('dpkg-query', ['-W', '-f', '${Version}', 'passt'], /^(\S+)$/m) ?? firstLine('pasta', ['--version'], /pasta (\S+)/));
   return v;
 }
 

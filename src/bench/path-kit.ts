@@ -4,7 +4,7 @@
 import type { ChildProcess } from 'node:child_process';
 import type { Topology } from '../netns/topology.js';
 import { LineReader, alive, stopTree } from './proc.js';
-import { PATH_NAMES, type PathName, type WorkloadId } from './types.js';
+import { PATH_NAMES, type DefaultPathName, type PathName, type WorkloadId } from './types.js';
 import type { Target } from './workloads.js';
 
 /** What runs in the container namespace. */
@@ -23,8 +23,8 @@ export interface PathEnv extends MachineEnv {
   readonly workDir: string;
 }
 
-export interface RunningPath {
-  readonly name: PathName;
+export interface RunningPath<N extends PathName = PathName> {
+  readonly name: N;
   readonly targets: { readonly client: Target; readonly local: Target };
   /** The forwarder's process roots (for CPU and memory); null for paths without a forwarder. */
   readonly forwarderPids: readonly number[] | null;
@@ -36,20 +36,20 @@ export interface RunningPath {
 }
 
 export interface PathDef {
-  readonly name: PathName;
+  readonly name: DefaultPathName;
   /** Why it cannot run on this machine (with what to install), or null. */
   unavailable(env: MachineEnv): string | null;
   describe(env: MachineEnv): string;
-  start(env: PathEnv): Promise<RunningPath>;
+  start(env: PathEnv): Promise<RunningPath<DefaultPathName>>;
 }
 
 /** Host ports of a path: three consecutive ports per path, fixed, inside our own namespace only. */
-export function hostPorts(name: PathName): { bulk: number; tcp: number; udp: number } {
+export function hostPorts(name: DefaultPathName): { bulk: number; tcp: number; udp: number } {
   const base = 20000 + PATH_NAMES.indexOf(name) * 5;
   return { bulk: base, tcp: base + 1, udp: base + 2 };
 }
 
-function targetsFor(topology: Topology, name: PathName): { client: Target; local: Target } {
+function targetsFor(topology: Topology, name: DefaultPathName): { client: Target; local: Target } {
   const p = hostPorts(name);
   return {
     client: { ns: 'client', ip: topology.addrs.hostClient4, bulkPort: p.bulk, tcpPort: p.tcp, udpPort: p.udp },
@@ -102,7 +102,7 @@ export async function waitListening(topology: Topology, fw: Forwarder, tcp: read
   }
 }
 
-export function running(name: PathName, topology: Topology, fw: Forwarder | null, skips: Partial<Record<WorkloadId, string>> = {}, stopExtra?: () => Promise<void>): RunningPath {
+export function running(name: DefaultPathName, topology: Topology, fw: Forwarder | null, skips: Partial<Record<WorkloadId, string>> = {}, stopExtra?: () => Promise<void>): RunningPath<DefaultPathName> {
   return {
     name,
     targets: targetsFor(topology, name),

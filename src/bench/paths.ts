@@ -8,7 +8,7 @@ import { applyRules, deleteRules, fromCniPortMappings, parseContainerCidr, prefi
 import { packageRoot, portferryVersion, which, withNofile } from './env.js';
 import { BACKEND, Forwarder, START_TIMEOUT_MS, hostPorts, running, startChecked, type MachineEnv, type PathDef } from './path-kit.js';
 import { PEERS } from './peers.js';
-import type { PathName } from './types.js';
+import type { DefaultPathName } from './types.js';
 import type { Target } from './workloads.js';
 
 const direct: PathDef = {
@@ -98,7 +98,7 @@ function kernelPath(backend: Backend): PathDef {
   };
 }
 
-export const PATHS: Readonly<Record<PathName, PathDef>> = {
+export const PATHS: Readonly<Record<DefaultPathName, PathDef>> = {
   direct,
   portferry: portferryPath('portferry', 1),
   'portferry-base': portferryPath('portferry-base', 1),

@@ -24,7 +24,7 @@ function readStat(pid: number): Stat | null {
 }
 
 /** The PIDs of `roots` and all their live descendants. */
-function processTree(roots: readonly number[]): number[] {
+export function processTree(roots: readonly number[]): number[] {
   const all: Stat[] = [];
   for (const name of readdirSync('/proc')) {
     if (!/^\d+$/.test(name)) continue;

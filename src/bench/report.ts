@@ -74,6 +74,10 @@ function cellText(c: Cell): string {
     case 'udp-64':
     case 'udp-1400':
       return `${num(g('kpps'))}${ratio}<br>loss ${num(g('lossPct'), 2)} %`;
+    case 'rss':
+      return `${num(g('rssMiB'))} (${num(g('processes'))} process${g('processes') === 1 ? '' : 'es'})`;
+    case 'netns-10':
+      return `${num(g('rss1MiB'))} → ${num(g('rss10MiB'))}<br>+${num(g('perNsMiB'))} per ns (${num(g('processes1'))} → ${num(g('processes10'))} processes)`;
   }
 }
 
@@ -87,12 +91,19 @@ function cpuText(cells: readonly Cell[], path: PathName): string {
 export function renderMarkdown(r: BenchResult): string {
   const m = r.meta;
   const lines: string[] = [];
-  lines.push(`portferry bench — ${m.date}, kernel ${m.kernel}, ${m.cpus} CPU (${m.cpuModel}), Node ${m.node}, portferry ${m.portferry}`);
+  const rootless = m.scenario === 'rootless';
+  lines.push(`portferry bench${rootless ? ' --scenario rootless' : ''} — ${m.date}, kernel ${m.kernel}, ${m.cpus} CPU (${m.cpuModel}), Node ${m.node}, portferry ${m.portferry}`);
   lines.push('');
   lines.push(
-    `Median of ${m.reps} run${m.reps === 1 ? '' : 's'} per cell${m.quick ? ' (--quick)' : ''}; bulk ${m.durations.bulkSeconds} s, other workloads ${m.durations.otherSeconds} s, ` +
-      `${m.durations.idleConnections.toLocaleString('en-US')} idle connections; (N×) = ratio to direct. Took ${Math.round(m.elapsedSeconds)} s.`,
+    `Median of ${m.reps} run${m.reps === 1 ? '' : 's'} per cell${m.quick ? ' (--quick)' : ''}; bulk ${m.durations.bulkSeconds} s, other workloads ${m.durations.otherSeconds} s` +
+      `${rootless ? '' : `, ${m.durations.idleConnections.toLocaleString('en-US')} idle connections`}; (N×) = ratio to direct. Took ${Math.round(m.elapsedSeconds)} s.`,
   );
+  if (rootless) {
+    lines.push(
+      'Rootless: every forwarder runs as a throwaway unprivileged user; the container is rootlesskit + slirp4netns (its own user and network namespace); ' +
+        "the client is on the host side's 127.0.0.1, the servers on the container's 127.0.0.1 (direct and portferry-loopback: servers on the host side's loopback).",
+    );
+  }
   const wl = r.workloads;
   if (wl.includes('cps') || wl.includes('cps-pinned')) {
     lines.push(`Connections: ${m.connLoops ?? 4} parallel loops of connect, 32-byte request, 128-byte reply, close.`);
@@ -153,6 +164,12 @@ const COLOURS: Readonly<Record<PathName, string>> = {
   'portferry-2w': '#ff9896',
   'portferry-base': '#e377c2',
   naive: '#bcbd22',
+  'portferry-loopback': '#ff9896',
+  'portferry-netns': '#d62728',
+  'portferry-netns-base': '#e377c2',
+  'rootlesskit-builtin': '#1f77b4',
+  'rootlesskit-slirp4netns': '#17becf',
+  pasta: '#2ca02c',
 };
 
 function esc(s: string): string {

@@ -14,12 +14,12 @@ import type { MachineEnv, RunningPath } from './path-kit.js';
 import { PATHS } from './paths.js';
 import { allowedCpuList, lastCpu, stopTree } from './proc.js';
 import { aggregate, withRatios } from './report.js';
-import { PATH_NAMES, WORKLOADS, WORKLOAD_IDS, type BenchResult, type Cell, type PathName, type PathStatus, type Sample, type WorkloadId } from './types.js';
+import { PATH_NAMES, WORKLOADS, WORKLOAD_IDS, type BenchResult, type Cell, type DefaultPathName, type PathName, type PathStatus, type Sample, type WorkloadId } from './types.js';
 import { runWorkload, type Durations, type RunContext } from './workloads.js';
 
 export interface BenchOptions {
   /** Paths to measure (default: all; `direct` is always added, it is the reference). */
-  readonly paths?: readonly PathName[];
+  readonly paths?: readonly DefaultPathName[];
   readonly workloads?: readonly WorkloadId[];
   readonly reps?: number;
   readonly quick?: boolean;
@@ -102,7 +102,7 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
   const byDefault = PATH_NAMES.filter((p) => p !== 'portferry-base' || machine.baseline !== null);
   const wanted = new Set<PathName>(['direct', ...(opts.paths ?? byDefault), ...(machine.baseline !== null ? (['portferry-base'] as const) : [])]);
   const selected = PATH_NAMES.filter((p) => wanted.has(p));
-  const statuses: PathStatus[] = selected.map((name) => {
+  const statuses: (PathStatus & { readonly name: DefaultPathName })[] = selected.map((name) => {
     const def = PATHS[name];
     const why = def.unavailable(machine);
     return why === null ? { name, status: 'measured', description: def.describe(machine) } : { name, status: 'skipped', reason: why, description: def.describe(machine) };
@@ -163,7 +163,7 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
     });
     const backendPids = backends.flatMap((b) => (b.pid === undefined ? [] : [b.pid]));
 
-    const measured: RunningPath[] = [];
+    const measured: RunningPath<DefaultPathName>[] = [];
     for (const s of statuses) {
       if (s.status !== 'measured') continue;
       log(`starting ${s.name} …`);
@@ -184,9 +184,9 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
     await sysctls(topo, 'host', ['net.netfilter.nf_conntrack_tcp_timeout_time_wait=1']);
 
     const cellsTotal = reps * workloads.length * measured.length;
-    const live = new Map<PathName, RunningPath>(measured.map((rp) => [rp.name, rp]));
+    const live = new Map<DefaultPathName, RunningPath<DefaultPathName>>(measured.map((rp) => [rp.name, rp]));
     /** A forwarder that died (docker-proxy's accept loop stops on EMFILE) is restarted, and says so. */
-    const revive = async (rp: RunningPath, why: string): Promise<RunningPath | string> => {
+    const revive = async (rp: RunningPath<DefaultPathName>, why: string): Promise<RunningPath<DefaultPathName> | string> => {
       log(`${rp.name}: ${why}; restarting it for the next cells`);
       restarts.push({ name: rp.name, why });
       await rp.stop().catch(() => undefined);
@@ -203,11 +203,11 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
     let done = 0;
     for (let rep = 0; rep < reps; rep++) {
       // Rotate the order each repetition so no path always runs first (or right after another).
-      const order = measured.map((_, i) => (measured[(i + rep) % measured.length] as RunningPath).name);
+      const order = measured.map((_, i) => (measured[(i + rep) % measured.length] as RunningPath<DefaultPathName>).name);
       for (const w of workloads) {
         for (const name of order) {
           done++;
-          let rp = live.get(name) as RunningPath;
+          let rp = live.get(name) as RunningPath<DefaultPathName>;
           const skip = rp.skip(w);
           if (skip !== undefined) {
             skipped.set(key(rp.name, w), skip);
@@ -279,7 +279,8 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
   };
 }
 
-function describeSample(w: WorkloadId, s: Sample): string {
+/** One repetition's figures (or failure) in a progress line. */
+export function describeSample(w: WorkloadId, s: Sample): string {
   if (!s.ok) return `FAILED: ${s.reason}`;
   const m = s.metrics;
   const f = (v: number | undefined, d = 3): string => (v === undefined ? '?' : Number(v.toPrecision(d)).toString());
@@ -290,6 +291,10 @@ function describeSample(w: WorkloadId, s: Sample): string {
       return `${Math.round(m['tps'] ?? 0)} trans/s, p50 ${f(m['p50us'])} µs, p99 ${f(m['p99us'])} µs`;
     case 'cps':
       return `${Math.round(m['cps'] ?? 0)} conn/s${(m['failed'] ?? 0) > 0 ? `, ${m['failed']} failed` : ''}`;
+    case 'rssMiB':
+      return `${f(m['rssMiB'])} MiB RSS, ${m['processes'] ?? '?'} process${m['processes'] === 1 ? '' : 'es'}`;
+    case 'perNsMiB':
+      return `RSS ${f(m['rss1MiB'])} MiB with 1 namespace, ${f(m['rss10MiB'])} MiB with 10 (+${f(m['perNsMiB'])} MiB each; ${m['processes1'] ?? '?'} → ${m['processes10'] ?? '?'} processes)`;
     case 'open':
       return `${m['open'] ?? 0} open, ${m['failed'] ?? 0} failed${m['rssMiB'] !== undefined ? `, forwarder RSS ${f(m['rssMiB'])} MiB` : ''}`;
     default:

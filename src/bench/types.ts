@@ -1,12 +1,33 @@
 // The benchmark's vocabulary: paths (who moves the bytes), workloads (what is measured), cells
 // (one path × one workload, repeated) and the whole result. Plain data, JSON as is.
 
-/** Every data path the bench knows, in report order. `direct` is the ceiling. */
+/** The two scenarios: the default one (client → host → container namespaces, as root) and the rootless one. */
+export const SCENARIOS = ['default', 'rootless'] as const;
+export type Scenario = (typeof SCENARIOS)[number];
+
+/** Every data path of the default scenario, in report order. `direct` is the ceiling. */
 export const PATH_NAMES = ['direct', 'portferry', 'portferry-base', 'portferry-2w', 'iptables', 'nftables', 'haproxy-splice', 'nginx', 'docker-proxy', 'naive', 'socat'] as const;
-export type PathName = (typeof PATH_NAMES)[number];
+export type DefaultPathName = (typeof PATH_NAMES)[number];
+
+/**
+ * The paths of the rootless scenario (`--scenario rootless`), in report order: into a rootless
+ * container's namespace from the host's loopback. `direct` is the loopback ceiling (no forwarder,
+ * servers on the same loopback); `portferry-loopback` is portferry's direct path on that loopback.
+ */
+export const ROOTLESS_PATH_NAMES = ['direct', 'portferry-loopback', 'portferry-netns', 'portferry-netns-base', 'rootlesskit-builtin', 'rootlesskit-slirp4netns', 'pasta'] as const;
+export type RootlessPathName = (typeof ROOTLESS_PATH_NAMES)[number];
+
+export type PathName = DefaultPathName | RootlessPathName;
 
 export const WORKLOAD_IDS = ['tcp-1', 'tcp-1-rev', 'tcp-8', 'tcp-1-local', 'rr', 'rr-pinned', 'cps', 'cps-pinned', 'idle', 'udp-64', 'udp-1400'] as const;
-export type WorkloadId = (typeof WORKLOAD_IDS)[number];
+
+/**
+ * The rootless scenario's workloads, in the order each repetition runs them: the memory figures
+ * last, after the traffic (`rss`: each forwarder's whole process tree after the workloads before
+ * it; `netns-10`: one portferry serving ten namespaces under one user namespace vs one).
+ */
+export const ROOTLESS_WORKLOAD_IDS = ['tcp-1', 'tcp-1-rev', 'rr', 'cps', 'udp-64', 'rss', 'netns-10'] as const;
+export type WorkloadId = (typeof WORKLOAD_IDS)[number] | (typeof ROOTLESS_WORKLOAD_IDS)[number];
 
 export interface WorkloadInfo {
   readonly id: WorkloadId;
@@ -31,6 +52,8 @@ export const WORKLOADS: Readonly<Record<WorkloadId, WorkloadInfo>> = {
   idle: { id: 'idle', title: 'idle connections', primary: 'open', unit: 'open', ratio: false },
   'udp-64': { id: 'udp-64', title: 'UDP 64 B', primary: 'kpps', unit: 'kpps', ratio: true },
   'udp-1400': { id: 'udp-1400', title: 'UDP 1400 B', primary: 'kpps', unit: 'kpps', ratio: true },
+  rss: { id: 'rss', title: 'forwarder RSS after the run', primary: 'rssMiB', unit: 'MiB, processes', ratio: false },
+  'netns-10': { id: 'netns-10', title: '10 namespaces, 5 connections each', primary: 'perNsMiB', unit: 'RSS MiB: 1 ns → 10 ns, per extra ns', ratio: false },
 };
 
 /** One repetition of one cell. `metrics` only when ok. */
@@ -70,6 +93,8 @@ export interface BenchMeta {
   readonly tools: Readonly<Record<string, string>>;
   readonly reps: number;
   readonly quick: boolean;
+  /** Absent in results of the default scenario (and of runs before there were two). */
+  readonly scenario?: Scenario;
   readonly durations: { readonly bulkSeconds: number; readonly otherSeconds: number; readonly idleConnections: number };
   /** Parallel loops of the connections workloads (absent in results from before it was recorded: 4). */
   readonly connLoops?: number;
