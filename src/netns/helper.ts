@@ -21,11 +21,14 @@ import net from 'node:net';
 import dgram from 'node:dgram';
 import type { Endpoint } from '../api.js';
 import { PortferryError } from '../errors.js';
-import { fixReceivedUdp6Connect } from '../internals.js';
+import { fixReceivedUdp6Connect, nsSocketsOn } from '../internals.js';
+import { closeHandle, connectTcpHandle, dgramFromUdpHandle, socketFromTcpHandle, type NsFamily, type NsTcpHandle, type NsUdpHandle } from '../internals-nsd.js';
 import type { Logger } from '../log.js';
 import { dialError, dialTimeoutError, wrapDgram, type DialAttempt, type DialCallback, type Dialer, type UdpChannel } from '../proxy/dialer.js';
 import { isHelperReply, type HelperReply, type HelperRequest } from './helper-protocol.js';
 import { validateNetnsPath } from './nsfs.js';
+import { nsdServiceFor, type NsdService } from './nsd.js';
+import util from 'node:util';
 
 export { validateNetnsPath } from './nsfs.js';
 
@@ -200,16 +203,81 @@ export class NetnsDialer implements Dialer {
   private nextId = 1;
   private closed = false;
   private closing: Promise<void> | null = null;
+  /** The native helper's service (one per user namespace, shared), once this dialer used it. */
+  private nsd: NsdService | null = null;
+  /** The path checks, once for the native path (a failed check is tried again next time). */
+  private checked: Promise<void> | null = null;
 
   constructor(private readonly opts: NetnsDialerOptions) {
     this.log = opts.logger.child({ netns: opts.netnsPath });
   }
 
-  /** The helper's PID while one runs (tests kill it to check the restart). */
+  /** Which helper dials for us now: the native socket pool, or the Node helper (fallback). */
+  path(): 'native' | 'node' {
+    return nsSocketsOn() ? 'native' : 'node';
+  }
+
+  /** The helper's PID while one runs (tests kill it to check the restart): the native one when that path is on. */
   helperPid(): number | null {
+    if (this.path() === 'native') return this.nsd?.pid() ?? null;
     const h = this.helper;
     return h === null || h.dead ? null : (h.child.pid ?? null);
   }
+
+  /** The native service this dialer uses (tests read its counters), or null. */
+  nsdService(): NsdService | null {
+    return this.nsd;
+  }
+
+  private service(): NsdService {
+    if (this.nsd === null) {
+      this.nsd = nsdServiceFor(this.opts.userns ?? null, this.opts.logger);
+      this.nsd.acquire();
+    }
+    return this.nsd;
+  }
+
+  private check(): Promise<void> {
+    if (this.checked === null) {
+      const p = (async () => {
+        await validateNetnsPath(this.opts.netnsPath);
+        if (this.opts.userns !== undefined) await validateUserns(this.opts.userns);
+      })();
+      this.checked = p;
+      p.catch(() => {
+        if (this.checked === p) this.checked = null;
+      });
+    }
+    return this.checked;
+  }
+
+  /**
+   * An unconnected TCP socket made inside the namespace, from the pool (at once in the common
+   * case). For a raw path: connect it with connectTcpHandle (src/internals-nsd.ts), then adopt
+   * it (RawSocket.accepted, or socketFromTcpHandle for a net.Socket). The handle is the caller's:
+   * close it (closeHandle) if it is not used. Only while path() is 'native'; the callback's
+   * error is PF_NETNS_* (after the native path was turned off: retry through dialTcp).
+   */
+  takeTcp(family: NsFamily, cb: (err: PortferryError | null, handle: NsTcpHandle | null) => void): void {
+    this.takeNative(family, 'tcp', cb as (err: PortferryError | null, handle: NsTcpHandle | NsUdpHandle | null) => void);
+  }
+
+  private takeNative(family: NsFamily, proto: 'tcp' | 'udp', cb: (err: PortferryError | null, handle: NsTcpHandle | NsUdpHandle | null) => void): void {
+    if (this.closed) return cb(this.closedError(), null);
+    const service = this.service();
+    const checked = this.checked;
+    // After the first check the common case takes synchronously: no promise per connection.
+    if (checked !== null && this.checkedOk) return service.take(this.opts.netnsPath, family, proto, cb);
+    this.check().then(
+      () => {
+        this.checkedOk = true;
+        if (this.closed) return cb(this.closedError(), null);
+        service.take(this.opts.netnsPath, family, proto, cb);
+      },
+      (err: unknown) => cb(err instanceof PortferryError ? err : new PortferryError('PF_NETNS_INVALID', String(err)), null),
+    );
+  }
+  private checkedOk = false;
 
   private closedError(): PortferryError {
     return new PortferryError('PF_NETNS_HELPER', `the namespace dialer for ${this.opts.netnsPath} is closed`, {
@@ -307,6 +375,67 @@ export class NetnsDialer implements Dialer {
   }
 
   dialTcp(target: Endpoint, timeoutMs: number, done: DialCallback): DialAttempt {
+    if (nsSocketsOn()) return this.dialTcpNative(target, timeoutMs, done);
+    return this.dialTcpNode(target, timeoutMs, done);
+  }
+
+  /** A pooled socket made in the namespace, connected here (the connect is this process's). */
+  private dialTcpNative(target: Endpoint, timeoutMs: number, done: DialCallback): DialAttempt {
+    const started = Date.now();
+    let settled = false;
+    let handle: NsTcpHandle | null = null;
+    let fallback: DialAttempt | null = null;
+    const settle = (): boolean => {
+      if (settled) return false;
+      settled = true;
+      clearTimeout(timer);
+      return true;
+    };
+    const timer = setTimeout(() => {
+      if (!settle()) return;
+      if (handle !== null) closeHandle(handle);
+      done(dialTimeoutError(target, timeoutMs), null);
+    }, timeoutMs);
+    this.takeTcp(net.isIPv6(target.ip) ? 6 : 4, (err, h) => {
+      if (settled) {
+        if (h !== null) closeHandle(h);
+        return;
+      }
+      if (err !== null || h === null) {
+        // The native path was turned off under us (its helper failed the self-test, or cannot
+        // start here): this dial goes through the Node helper.
+        if (!nsSocketsOn() && !this.closed) {
+          settle();
+          fallback = this.dialTcpNode(target, Math.max(1, timeoutMs - (Date.now() - started)), done);
+          return;
+        }
+        if (settle()) done(err ?? this.closedError(), null);
+        return;
+      }
+      handle = h;
+      const rc = connectTcpHandle(h, target.ip, target.port, (status) => {
+        if (!settle()) return; // timed out or cancelled: the handle was closed (ECANCELED)
+        if (status !== 0) {
+          closeHandle(h);
+          done(dialError(target, errnoError(status)), null);
+          return;
+        }
+        done(null, socketFromTcpHandle(h));
+      });
+      if (rc !== 0 && settle()) {
+        closeHandle(h);
+        done(dialError(target, errnoError(rc)), null);
+      }
+    });
+    return {
+      cancel: () => {
+        if (fallback !== null) return fallback.cancel();
+        if (settle() && handle !== null) closeHandle(handle);
+      },
+    };
+  }
+
+  private dialTcpNode(target: Endpoint, timeoutMs: number, done: DialCallback): DialAttempt {
     const started = Date.now();
     const ac = new AbortController();
     this.request<net.Socket>(
@@ -337,6 +466,41 @@ export class NetnsDialer implements Dialer {
   }
 
   openUdp(target: Endpoint): Promise<UdpChannel> {
+    if (nsSocketsOn()) return this.openUdpNative(target);
+    return this.openUdpNode(target);
+  }
+
+  private openUdpNative(target: Endpoint): Promise<UdpChannel> {
+    const family = net.isIPv6(target.ip) ? 6 : 4;
+    return new Promise<UdpChannel>((resolve, reject) => {
+      let settled = false;
+      const timer = setTimeout(() => {
+        settled = true;
+        reject(dialTimeoutError(target, UDP_OPEN_TIMEOUT_MS));
+      }, UDP_OPEN_TIMEOUT_MS);
+      this.takeNative(family, 'udp', (err, h) => {
+        if (settled) {
+          if (h !== null) closeHandle(h);
+          return;
+        }
+        settled = true;
+        clearTimeout(timer);
+        if (err !== null || h === null) {
+          if (!nsSocketsOn() && !this.closed) return resolve(this.openUdpNode(target));
+          return reject(err ?? this.closedError());
+        }
+        dgramFromUdpHandle(h as NsUdpHandle, family).then(
+          (socket) => connectReceivedDgram(socket, target, family).then(resolve, reject),
+          (e: unknown) => {
+            closeHandle(h);
+            reject(dialError(target, e));
+          },
+        );
+      });
+    });
+  }
+
+  private openUdpNode(target: Endpoint): Promise<UdpChannel> {
     const family = net.isIPv6(target.ip) ? 6 : 4;
     return this.request<UdpChannel>(
       (id) => ({ type: 'open-udp', id, family }),
@@ -348,26 +512,7 @@ export class NetnsDialer implements Dialer {
           if (handle instanceof net.Socket) handle.destroy();
           return Promise.reject(dialError(target, Object.assign(new Error(`netns helper answered ${msg.type} without a UDP socket`), { code: 'EPROTO' })));
         }
-        // Connected here: the route lookup still happens in the socket's own (the container's)
-        // namespace, and Node then knows the socket is connected.
-        return new Promise<UdpChannel>((resolve, reject) => {
-          const onError = (err: Error): void => {
-            handle.close();
-            reject(dialError(target, err));
-          };
-          handle.once('error', onError);
-          if (family === 6 && !fixReceivedUdp6Connect(handle)) {
-            handle.off('error', onError);
-            resolve(wrapDgram(handle, target));
-            return;
-          }
-          // A failed connect calls back with the error (and emits nothing).
-          handle.connect(target.port, target.ip, (err?: Error) => {
-            handle.off('error', onError);
-            if (err !== undefined && err !== null) onError(err);
-            else resolve(wrapDgram(handle));
-          });
-        });
+        return connectReceivedDgram(handle, target, family);
       },
     );
   }
@@ -375,11 +520,48 @@ export class NetnsDialer implements Dialer {
   close(): Promise<void> {
     if (this.closing !== null) return this.closing;
     this.closed = true;
+    const native = this.nsd?.release() ?? Promise.resolve();
     const h = this.helper;
     this.helper = null;
-    this.closing = h === null ? Promise.resolve() : h.stop();
+    this.closing = Promise.all([native, h === null ? Promise.resolve() : h.stop()]).then(() => {});
     return this.closing;
   }
+}
+
+/**
+ * A UDP socket made in the namespace (bound there, not connected), connected here: the route
+ * lookup still happens in the socket's own (the container's) namespace, and Node then knows the
+ * socket is connected.
+ */
+function connectReceivedDgram(handle: dgram.Socket, target: Endpoint, family: 4 | 6): Promise<UdpChannel> {
+  return new Promise<UdpChannel>((resolve, reject) => {
+    const onError = (err: Error): void => {
+      handle.close();
+      reject(dialError(target, err));
+    };
+    handle.once('error', onError);
+    if (family === 6 && !fixReceivedUdp6Connect(handle)) {
+      handle.off('error', onError);
+      resolve(wrapDgram(handle, target));
+      return;
+    }
+    // A failed connect calls back with the error (and emits nothing).
+    handle.connect(target.port, target.ip, (err?: Error) => {
+      handle.off('error', onError);
+      if (err !== undefined && err !== null) onError(err);
+      else resolve(wrapDgram(handle));
+    });
+  });
+}
+
+function errnoError(errno: number): Error {
+  let code = 'UNKNOWN';
+  try {
+    code = util.getSystemErrorName(errno);
+  } catch {
+    // not a system errno
+  }
+  return Object.assign(new Error(`connect ${code}`), { code, errno });
 }
 
 async function validateUserns(p: string): Promise<void> {
