@@ -133,6 +133,7 @@ export class NsdChannel {
   private readonly buf = Buffer.allocUnsafe(READ_BUFFER);
   private closedWhy: string | null = null;
   private eofSeen = false;
+  private exitWhy: string | null = null;
   private dir: string | null;
   stderrTail = '';
   /** Resolves when the helper process has exited (or could not be started). */
@@ -161,7 +162,7 @@ export class NsdChannel {
       if (this.pipe === null && out.includes('listening\n')) this.connect(sock);
     });
     child.once('error', (err) => this.fail(`could not be started (${err.message})`));
-    child.once('exit', (code, signal) => this.fail(signal !== null ? `was killed by ${signal}` : `exited with code ${code}`));
+    child.once('exit', (code, signal) => this.exitedWith(signal !== null ? `was killed by ${signal}` : `exited with code ${code}`));
   }
 
   private connect(sock: string): void {
@@ -257,6 +258,17 @@ export class NsdChannel {
   eof(why: string): void {
     if (this.closedWhy !== null || this.eofSeen) return;
     this.eofSeen = true;
+    if (this.exitWhy !== null) return this.fail(this.exitWhy);
+    setTimeout(() => this.fail(why), 1000).unref();
+  }
+
+  /**
+   * The process exited. What it wrote before may still be unread in the channel (its last records
+   * say more than the exit): read up to EOF first, then report the exit.
+   */
+  private exitedWith(why: string): void {
+    this.exitWhy = why;
+    if (this.pipe === null || this.eofSeen) return this.fail(why);
     setTimeout(() => this.fail(why), 1000).unref();
   }
 

@@ -211,7 +211,7 @@ t.test('a helper that cannot enter the namespace fails with PF_NETNS_HELPER nami
   const dialer = new NetnsDialer({ netnsPath: (await world()).paths.ctr as string, userns: '/proc/self/ns/user', logger });
   t.teardown(() => dialer.close());
   const err = await dialTcpAsync(dialer, { ip: '127.0.0.1', port: 1 }, { timeoutMs: 5000 }).catch((e: unknown) => e);
-  t.match(err, { code: 'PF_NETNS_HELPER', message: native ? /could not join the user namespace \/proc\/self\/ns\/user/ : /exited with code 1: nsenter: .*ns\/user/ });
+  t.match(err, { code: 'PF_NETNS_HELPER', message: native ? /could not join the user namespace \/proc\/self\/ns\/user/ : /exited with code 1: nsenter: .*ns\/user/ }, `the error names the user namespace (nsSockets: ${internals().nsSockets.why})`);
   t.ok(records.some((r) => r['level'] === 40), 'and logged at warn');
 });
 
