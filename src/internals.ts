@@ -30,8 +30,12 @@
 //    new spare is made. Errors still reach the dgram socket's 'error' listeners.
 //    Callers get a UdpPort from udpPort() either way; its fallback (DgramPort) is dgram's
 //    'message' events and send().
-// Over 350 lines on purpose: the project's rule is that every use of internals lives in this one
-// module.
+// 5. nsSockets — sockets made inside network namespaces by native/pf-nsd, received in batches on
+//    an IPC-mode pipe_wrap Pipe (one pendingHandle per read) and connected here. Its code is the
+//    fence's second file, src/internals-nsd.ts; its state, check and report are here (section at
+//    the end). Fallback: the Node namespace helper (src/netns/helper-main.ts).
+// Over 350 lines on purpose: the project's rule is that every use of internals lives in this
+// module and its second file, internals-nsd.ts.
 import dgram from 'node:dgram';
 import net from 'node:net';
 import util from 'node:util';
