@@ -295,7 +295,14 @@ export class NsdService implements NsdChannelOwner {
     if (this.ready !== null && this.channel !== null && !this.channel.closed) return this.ready;
     this.nsIndex.clear();
     const usernsPath = this.usernsPath();
-    const channel = new NsdChannel(usernsPath, this);
+    let channel: NsdChannel;
+    try {
+      channel = new NsdChannel(usernsPath, this);
+    } catch (err) {
+      // No private directory for its socket (tmp full or not writable): this start fails, the next take tries again.
+      this.ready = null;
+      return Promise.reject(this.helperError(`could not be started (${err instanceof Error ? err.message : String(err)})`, err));
+    }
     this.channel = channel;
     this.stats.starts++;
     this.probeHandles = [];
@@ -459,6 +466,7 @@ export class NsdService implements NsdChannelOwner {
     if (probed === null) {
       probed = nsdProbe(tcp as NsTcpHandle, udp as NsUdpHandle).then((problem) => {
         countFastPathUse('nsSockets', -2);
+        if (problem !== null) probed = null; // a later helper (another binary) is probed again
         return problem;
       });
     } else {
