@@ -81,6 +81,19 @@ static void put32(unsigned char *p, uint32_t v) { p[0] = v; p[1] = v >> 8; p[2] 
 static uint32_t get32(const unsigned char *p) { return p[0] | p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; }
 static uint16_t get16(const unsigned char *p) { return p[0] | p[1] << 8; }
 
+/*
+ * Exits after a last ERROR record, once the forwarder has read it: it closes the channel when it
+ * has (or after 5 s). Exiting at once would lose the record: libuv takes a hang-up after a short
+ * read for the end of the data, and every read ends at a message that carries descriptors.
+ */
+static void exit_after_reply(int code) {
+  struct pollfd p = { .fd = chan, .events = POLLIN };
+  unsigned char b[16];
+  while (poll(&p, 1, 5000) > 0 && read(chan, b, sizeof b) > 0) {
+  }
+  exit(code);
+}
+
 /* One record, with `fd` as SCM_RIGHTS when fd >= 0. A broken channel ends the helper. */
 static void send_rec(uint32_t id, int kind, int family, int type, int32_t value, int fd) {
   unsigned char rec[16] = {0};
@@ -264,7 +277,7 @@ int main(int argc, char **argv) {
   int probe_tcp = make_socket(4, 1), probe_udp = make_socket(4, 2);
   if (probe_tcp < 0 || probe_udp < 0) {
     send_rec(0, K_ERROR, 4, probe_tcp < 0 ? 1 : 2, probe_tcp < 0 ? -probe_tcp : -probe_udp, -1);
-    exit(1);
+    exit_after_reply(1);
   }
   send_rec(0, K_SOCKET, 4, 1, 0, probe_tcp);
   send_rec(0, K_SOCKET, 4, 2, 0, probe_udp);
@@ -276,7 +289,7 @@ int main(int argc, char **argv) {
       int e = errno;
       fprintf(stderr, "pf-nsd: cannot join user namespace %s: %s\n", argv[2], strerror(e));
       send_rec(0, K_ERROR, 0, 0, e, -1);
-      exit(1);
+      exit_after_reply(1);
     }
     close(ufd);
     /* Joining a user namespace changes credentials, which clears the parent-death signal. */

@@ -12,7 +12,10 @@
 // descriptors, and messages without any glue to the next; a read shorter than a message gets
 // the message's descriptors with its first bytes. So each fixed 16-byte record is parsed from
 // the byte stream, and a SOCKET record takes the oldest received handle (a FIFO): a handle always
-// arrives no later than the end of its record, whatever the split.
+// arrives no later than the end of its record, whatever the split. One more libuv rule: after a
+// read shorter than its buffer, a hang-up is taken for the end of the data (uv__stream_io), and
+// with descriptors every read is short, so records written just before the helper exits can be
+// lost; the helper therefore waits for us to close the channel after its last ERROR record.
 //
 // Relies on: process.binding('pipe_wrap') Pipe (IPC type, connect, readStart, useUserBuffer,
 // writeBuffer, the pendingHandle property), PipeConnectWrap; ('stream_wrap') WriteWrap and
@@ -269,7 +272,9 @@ export class NsdChannel {
   private exitedWith(why: string): void {
     this.exitWhy = why;
     if (this.pipe === null || this.eofSeen) return this.fail(why);
-    setTimeout(() => this.fail(why), 1000).unref();
+    // The channel's EOF comes after everything the helper wrote (eof() then reports this exit);
+    // the timer only covers a channel that never ends.
+    setTimeout(() => this.fail(why), 10_000).unref();
   }
 
   /** Ends the channel and the helper (EOF, then SIGKILL if it lingers); idempotent. */

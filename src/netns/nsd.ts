@@ -452,6 +452,7 @@ export class NsdService implements NsdChannelOwner {
       const how = rec.type === 0 ? `could not join the user namespace ${this.usernsPath() ?? ''} (${errnoName(rec.value)})` : `could not make its probe sockets (${errnoName(rec.value)})`;
       this.log.warn({ pid: this.channel?.pid, reason: how }, `namespace socket helper ${how}`);
       cb?.reject(this.helperError(how));
+      this.channel?.close(); // it waits for this before it exits (native/pf-nsd.c, exit_after_reply)
       return;
     }
     if (rec.kind !== NSD.READY) return;
