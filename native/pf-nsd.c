@@ -29,6 +29,8 @@
  *   reply:    u32 id | u8 kind | u8 family | u8 type | u8 0 | i32 value | u32 0
  *             kind 1 SOCKET (a descriptor travels with this record), 2 DONE, 3 ERROR (value:
  *             errno), 4 HELLO (value: pid), 5 READY.
+ *             op 3 CLOSE_NS: forget namespace `ns` (its file is closed, so a gone container's
+ *                           namespace is not kept alive by us); answered by DONE.
  * One descriptor per sendmsg: the kernel ends a read after a message that carries descriptors,
  * and Node accepts one handle per read, so every record with a descriptor arrives with its own.
  *
@@ -63,7 +65,7 @@
 #define MAX_PATH 4095
 #define ACCEPT_TIMEOUT_MS 10000
 
-enum { OP_OPEN_NS = 1, OP_SOCKETS = 2 };
+enum { OP_OPEN_NS = 1, OP_SOCKETS = 2, OP_CLOSE_NS = 3 };
 enum { K_SOCKET = 1, K_DONE = 2, K_ERROR = 3, K_HELLO = 4, K_READY = 5 };
 
 struct ns_entry { int fd; dev_t dev; ino_t ino; };
@@ -177,22 +179,28 @@ static void open_ns(uint32_t id, const char *path) {
     if (t >= 0 && t != CLONE_NEWNET) err = EINVAL; /* ENOTTY (old kernel): setns checks the type */
   }
   if (err != 0) { close(fd); send_rec(id, K_ERROR, 0, 0, err, -1); return; }
+  int free_slot = -1;
   for (int i = 0; i < ns_count; i++) {
+    if (ns_tab[i].fd < 0) {
+      if (free_slot < 0) free_slot = i;
+      continue;
+    }
     if (ns_tab[i].dev == st.st_dev && ns_tab[i].ino == st.st_ino) {
       close(fd);
       send_rec(id, K_DONE, 0, 0, i + 1, -1);
       return;
     }
   }
-  if (ns_count >= MAX_NS) { close(fd); send_rec(id, K_ERROR, 0, 0, EMFILE, -1); return; }
+  if (free_slot < 0 && ns_count >= MAX_NS) { close(fd); send_rec(id, K_ERROR, 0, 0, EMFILE, -1); return; }
   /* Enter it now: a namespace we may not enter (another user namespace's) fails here, once. */
   if (setns(fd, CLONE_NEWNET) != 0) { err = errno; close(fd); send_rec(id, K_ERROR, 0, 0, err, -1); return; }
-  ns_tab[ns_count] = (struct ns_entry){ fd, st.st_dev, st.st_ino };
-  ns_current = ns_count++;
+  ns_current = free_slot >= 0 ? free_slot : ns_count++;
+  ns_tab[ns_current] = (struct ns_entry){ fd, st.st_dev, st.st_ino };
   send_rec(id, K_DONE, 0, 0, ns_current + 1, -1);
 }
 
 static void sockets(uint32_t id, int family, int type, int ns, int count) {
+  if (ns_tab[ns].fd < 0) { send_rec(id, K_ERROR, family, type, EBADF, -1); return; }
   if (ns_current != ns) {
     if (setns(ns_tab[ns].fd, CLONE_NEWNET) != 0) { send_rec(id, K_ERROR, family, type, errno, -1); return; }
     ns_current = ns;
@@ -226,6 +234,12 @@ static void serve(void) {
       if (count < 1 || count > MAX_BATCH) die(3, "malformed SOCKETS request (count)");
       if (ns < 1 || ns > ns_count) die(3, "malformed SOCKETS request (namespace index)");
       sockets(id, family, type, ns - 1, count);
+    } else if (op == OP_CLOSE_NS) {
+      if (ns < 1 || ns > ns_count || count != 0 || family != 0 || type != 0) die(3, "malformed CLOSE_NS request");
+      if (ns_tab[ns - 1].fd >= 0) close(ns_tab[ns - 1].fd);
+      ns_tab[ns - 1] = (struct ns_entry){ -1, 0, 0 };
+      /* We stay a member of the namespace we are in until the next setns: at most one is kept. */
+      send_rec(id, K_DONE, 0, 0, 0, -1);
     } else {
       die(3, "malformed request (op)");
     }

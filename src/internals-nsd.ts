@@ -33,7 +33,7 @@ import util from 'node:util';
 import { countFastPathUse, fenceBinding, nsdBinaryPath } from './internals.js';
 
 /** Record kinds (helper → forwarder) and request ops (forwarder → helper): native/pf-nsd.c. */
-export const NSD = { SOCKET: 1, DONE: 2, ERROR: 3, HELLO: 4, READY: 5, OP_OPEN_NS: 1, OP_SOCKETS: 2, MAX_BATCH: 64, MAX_PATH: 4095 } as const;
+export const NSD = { SOCKET: 1, DONE: 2, ERROR: 3, HELLO: 4, READY: 5, OP_OPEN_NS: 1, OP_SOCKETS: 2, OP_CLOSE_NS: 3, MAX_BATCH: 64, MAX_PATH: 4095 } as const;
 
 export type NsFamily = 4 | 6;
 export type NsProto = 'tcp' | 'udp';

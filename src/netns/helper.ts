@@ -232,7 +232,7 @@ export class NetnsDialer implements Dialer {
   private service(): NsdService {
     if (this.nsd === null) {
       this.nsd = nsdServiceFor(this.opts.userns ?? null, this.opts.logger);
-      this.nsd.acquire();
+      this.nsd.acquire(this.opts.netnsPath);
     }
     return this.nsd;
   }
@@ -520,7 +520,7 @@ export class NetnsDialer implements Dialer {
   close(): Promise<void> {
     if (this.closing !== null) return this.closing;
     this.closed = true;
-    const native = this.nsd?.release() ?? Promise.resolve();
+    const native = this.nsd?.release(this.opts.netnsPath) ?? Promise.resolve();
     const h = this.helper;
     this.helper = null;
     this.closing = Promise.all([native, h === null ? Promise.resolve() : h.stop()]).then(() => {});

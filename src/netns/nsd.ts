@@ -203,6 +203,7 @@ export class NsdService implements NsdChannelOwner {
   readonly stats: NsdStats = { requests: 0, sockets: 0, immediate: 0, waited: 0, starts: 0 };
   readonly usernsPaths = new Set<string>();
   private refs = 0;
+  private readonly netnsRefs = new Map<string, number>();
   private channel: NsdChannel | null = null;
   private ready: Promise<void> | null = null;
   private readyCb: { resolve(): void; reject(err: Error): void } | null = null;
@@ -224,13 +225,41 @@ export class NsdService implements NsdChannelOwner {
     this.log = logger.child({ nsd: key });
   }
 
-  acquire(): void {
+  acquire(netns: string): void {
     this.refs++;
+    this.netnsRefs.set(netns, (this.netnsRefs.get(netns) ?? 0) + 1);
+  }
+
+  /**
+   * The last dialer of a namespace let go while others keep the helper: its pools close and the
+   * helper closes its file, so a gone container's namespace is not kept alive by us.
+   */
+  private forget(netns: string): void {
+    const err = new PortferryError('PF_NETNS_HELPER', `the namespace dialer for ${netns} was closed`);
+    for (const [key, p] of this.pools) {
+      if (p.netns !== netns) continue;
+      p.close(err);
+      this.pools.delete(key);
+    }
+    const idx = this.nsIndex.get(netns);
+    this.nsIndex.delete(netns);
+    idx?.then(
+      ({ channel, index }) => {
+        if (channel === this.channel && !channel.closed) channel.send(this.nextId++, NSD.OP_CLOSE_NS, 0, 0, index, 0);
+      },
+      () => {},
+    );
   }
 
   /** The last holder gone: the helper stops and the pools close. Resolves when it has exited. */
-  release(): Promise<void> {
-    if (--this.refs > 0) return Promise.resolve();
+  release(netns: string): Promise<void> {
+    const n = (this.netnsRefs.get(netns) ?? 1) - 1;
+    if (n > 0) this.netnsRefs.set(netns, n);
+    else this.netnsRefs.delete(netns);
+    if (--this.refs > 0) {
+      if (n <= 0) this.forget(netns);
+      return Promise.resolve();
+    }
     services.delete(this.key);
     this.stopping = true;
     const err = new PortferryError('PF_NETNS_HELPER', 'the namespace socket helper was stopped');

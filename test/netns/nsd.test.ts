@@ -5,7 +5,7 @@
 import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, readlinkSync } from 'node:fs';
 import type net from 'node:net';
 import { createTopology, type Topology } from '../../src/netns/topology.js';
 import { NetnsDialer } from '../../src/netns/helper.js';
@@ -14,6 +14,7 @@ import { internals, nsdBinaryPath, setNsdBinaryForTests } from '../../src/intern
 import { dialTcpAsync } from '../../src/proxy/dialer.js';
 import { memoryLogger, silentLogger } from '../../src/log.js';
 import { inCI, skipUnless } from '../helpers/env.js';
+import { scratchNetns } from '../helpers/netns.js';
 import { exited, fixture, lineReader, nodeArgv, nsServer, pidAlive, readAll, sha256, until } from './util.js';
 
 const gate = skipUnless({ root: true, tools: ['ip', 'nsenter', 'unshare', 'setpriv'] });
@@ -60,7 +61,7 @@ t.test('under load: 2,000 connections, a batch request per ~64 of them, and the 
   const bound = Math.ceil(2000 / MAX_BATCH) + 12;
   t.ok(stats.requests <= bound, `${stats.requests} requests to the helper for 2,000 connections (at most ${bound}: one per batch of ${MAX_BATCH}, plus the ramp-up and the namespace's open)`);
   t.ok(sequentialWaits <= 2, `${sequentialWaits} of the 1,000 sequential takes waited for a batch (the first, while the pool was empty)`);
-  t.ok(stats.waited <= 50, `${stats.waited} of 2,000 takes waited for a batch (the first ones, and bursts while the reserve grew)`);
+  t.ok(stats.waited <= 100, `${stats.waited} of 2,000 takes waited for a batch (the first ones, and bursts while the reserve grew)`);
   t.equal(stats.immediate + stats.waited, 2000, 'every connection took a pooled socket');
   t.equal(stats.starts, 1, 'one helper');
   const report = internals().nsSockets;
@@ -185,4 +186,25 @@ t.test('fallback: a native helper that does not work turns nsSockets off with th
   t.equal(dialer.path(), 'node', 'the dialer uses the Node helper now');
   t.ok(records.some((r) => r['msg'] === 'netns helper started'), 'through the Node helper');
   t.ok(records.some((r) => r['level'] === 40 && /native namespace socket helper is off/.test(String(r['msg']))), 'the switch is logged at warn');
+});
+
+t.test('a namespace whose last dialer closed is let go: the shared helper closes its file', nativeGate, async (t) => {
+  const tp = await world();
+  const other = scratchNetns(t.teardown, 'nsd');
+  const echo = await nsServer(t.teardown, tp, 'ctr', { proto: 'tcp', host: '127.0.0.1', token: 'A' });
+  const a = new NetnsDialer({ netnsPath: tp.paths.ctr as string, logger: silentLogger() });
+  const b = new NetnsDialer({ netnsPath: `/run/netns/${other}`, logger: silentLogger() });
+  t.teardown(() => Promise.all([a.close(), b.close()]));
+  t.equal(await roundTrip(await dialTcpAsync(a, { ip: '127.0.0.1', port: echo.port }, { timeoutMs: 5000 }), 'a'), 'A\na');
+  // Nothing listens in the other namespace: refused, but its socket was made there.
+  await t.rejects(dialTcpAsync(b, { ip: '127.0.0.1', port: 9 }, { timeoutMs: 5000 }), { code: 'PF_DIAL_FAILED', details: { errno: 'ECONNREFUSED' } });
+  const pid = a.helperPid() as number;
+  t.equal(b.helperPid(), pid, 'one helper for both namespaces');
+  const netnsFds = (): number => readdirSync(`/proc/${pid}/fd`).filter((fd) => { try { return /^(net:\[|\/run\/netns\/)/.test(readlinkSync(`/proc/${pid}/fd/${fd}`)); } catch { return false; } }).length;
+  t.equal(netnsFds(), 2, 'the helper holds both namespaces open');
+  await b.close();
+  await until(() => netnsFds() === 1, 'the helper to close the other namespace');
+  t.equal(netnsFds(), 1, 'after the last dialer of one closed, the helper holds only the other');
+  t.equal(a.helperPid(), pid, 'and goes on serving it');
+  t.equal(await roundTrip(await dialTcpAsync(a, { ip: '127.0.0.1', port: echo.port }, { timeoutMs: 5000 }), 'a2'), 'A\na2');
 });
