@@ -859,11 +859,6 @@ export function fenceBinding(name: 'tcp_wrap' | 'stream_wrap' | 'udp_wrap' | 'pi
   return nodeBinding(name as 'tcp_wrap');
 }
 
-/** Why a fast path is off, or null (on); for the fence's second file. */
-export function fastPathOff(path: FastPath): string | null {
-  return state[path].off;
-}
-
 /** Counts uses of a fast path (the fence's second file). */
 export function countFastPathUse(path: FastPath, n = 1): void {
   state[path].uses += n;
