@@ -18,6 +18,9 @@
 //
 // A helper's death fails the takes that wait for a batch (PF_NETNS_HELPER); the sockets already
 // in the pools are this process's and stay usable; the next take starts a new helper.
+//
+// Over 350 lines on purpose: the helper's lifecycle (start, startup records, death, restart) and
+// the pools it fills are one state machine; split, each half would need the other's private state.
 import { statSync } from 'node:fs';
 import { PortferryError } from '../errors.js';
 import { closeHandle, NSD, NsdChannel, nsdProbe, type NsdChannelOwner, type NsdRecord, type NsFamily, type NsProto, type NsTcpHandle, type NsUdpHandle } from '../internals-nsd.js';
