@@ -33,13 +33,19 @@
 //    new spare is made. Errors still reach the dgram socket's 'error' listeners.
 //    Callers get a UdpPort from udpPort() either way; its fallback (DgramPort) is dgram's
 //    'message' events and send().
-// Over 350 lines on purpose: the project's rule is that every use of internals lives in this one
-// module.
+// 5. nsSockets — sockets made inside network namespaces by native/pf-nsd, received in batches on
+//    an IPC-mode pipe_wrap Pipe (one pendingHandle per read) and connected here. Its code is the
+//    fence's second file, src/internals-nsd.ts; its state, check and report are here (section at
+//    the end). Fallback: the Node namespace helper (src/netns/helper-main.ts).
+// Over 350 lines on purpose: the project's rule is that every use of internals lives in this
+// module and its second file, internals-nsd.ts.
 import dgram from 'node:dgram';
 import net from 'node:net';
 import util from 'node:util';
+import { accessSync, constants as fsConstants } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 
-export type FastPath = 'bulkReads' | 'udp6Connect' | 'rawTcp' | 'rawUdp';
+export type FastPath = 'bulkReads' | 'udp6Connect' | 'rawTcp' | 'rawUdp' | 'nsSockets';
 
 export interface FastPathStatus {
   /** Whether the fast path is used. */
@@ -57,6 +63,7 @@ const state: Record<FastPath, { off: string | null; checked: boolean; uses: numb
   udp6Connect: { off: null, checked: false, uses: 0 },
   rawTcp: { off: null, checked: false, uses: 0 },
   rawUdp: { off: null, checked: false, uses: 0 },
+  nsSockets: { off: null, checked: false, uses: 0 },
 };
 
 const RELIES_ON: Record<FastPath, string> = {
@@ -64,6 +71,7 @@ const RELIES_ON: Record<FastPath, string> = {
   udp6Connect: "dgram's 'state symbol' and the UDP handle's connect6()",
   rawTcp: "process.binding('tcp_wrap'/'stream_wrap'): TCP, TCPConnectWrap, WriteWrap, ShutdownWrap, streamBaseState; net.Server's _handle.onconnection",
   rawUdp: "process.binding('udp_wrap').SendWrap, dgram's 'state symbol' and the UDP handle's onmessage/send()",
+  nsSockets: "native/build/pf-nsd (sockets made inside namespaces, batched over SCM_RIGHTS) and process.binding('pipe_wrap'/'tcp_wrap'/'udp_wrap'): an IPC-mode Pipe's onread/pendingHandle, TCPConnectWrap, dgram bind(handle) (src/internals-nsd.ts)",
 };
 
 /** Which fast paths are on, why not, and how often each was used. Cheap: no I/O. */
@@ -72,8 +80,9 @@ export function internals(): InternalsReport {
   checkUdp6Handle();
   checkRawTcp();
   checkRawUdp();
+  checkNsSockets();
   const one = (p: FastPath): FastPathStatus => ({ on: state[p].off === null, why: state[p].off ?? RELIES_ON[p], uses: state[p].uses });
-  return { bulkReads: one('bulkReads'), udp6Connect: one('udp6Connect'), rawTcp: one('rawTcp'), rawUdp: one('rawUdp') };
+  return { bulkReads: one('bulkReads'), udp6Connect: one('udp6Connect'), rawTcp: one('rawTcp'), rawUdp: one('rawUdp'), nsSockets: one('nsSockets') };
 }
 
 /** Turns a fast path off (the self-test when it fails; tests that exercise the fallback). */
@@ -1227,4 +1236,90 @@ function rawUdpProbe(): Promise<string | null> {
       });
     });
   });
+}
+
+// ---- nsSockets: namespace sockets from the native helper --------------------------------------
+// The fence's second file, src/internals-nsd.ts, holds this path's code (the IPC-mode pipe that
+// receives sockets made by native/pf-nsd inside network namespaces, and the adoption of those
+// handles); its state, structural check and the binding lookup live here with the others. The
+// path's startup self-test runs when the first helper starts (internals-nsd.ts, nsdProbe), not
+// in selfTest(): most processes (docker-proxy, workers) never dial into a namespace.
+
+/** nodeBinding for the fence's second file, which also needs pipe_wrap. */
+export function fenceBinding(name: 'tcp_wrap' | 'stream_wrap' | 'udp_wrap' | 'pipe_wrap'): Record<string, unknown> {
+  return nodeBinding(name as 'tcp_wrap');
+}
+
+/** Counts uses of a fast path (the fence's second file). */
+export function countFastPathUse(path: FastPath, n = 1): void {
+  state[path].uses += n;
+}
+
+let nsdBinaryOverride: string | null = null;
+
+/** The native helper: native/build/pf-nsd of this package (src/ and dist/ are both one level down). */
+export function nsdBinaryPath(): string {
+  return nsdBinaryOverride ?? fileURLToPath(new URL('../native/build/pf-nsd', import.meta.url));
+}
+
+/** Tests: use another binary (a broken one, to see the fallback); null restores the default. Re-checks the path. */
+export function setNsdBinaryForTests(binary: string | null): void {
+  nsdBinaryOverride = binary;
+  state.nsSockets = { off: null, checked: false, uses: state.nsSockets.uses };
+}
+
+function checkNsSockets(): boolean {
+  const st = state.nsSockets;
+  if (st.checked) return st.off === null;
+  st.checked = true;
+  const env = process.env['PORTFERRY_NSD'];
+  if (env === '0' || env === 'off') {
+    st.off = `turned off by PORTFERRY_NSD=${env}`;
+    return false;
+  }
+  if (process.platform !== 'linux') {
+    st.off = 'Linux only';
+    return false;
+  }
+  const binary = nsdBinaryPath();
+  try {
+    accessSync(binary, fsConstants.X_OK);
+  } catch (err) {
+    st.off = `the native helper ${binary} is not there or not executable (${errnoName(err)}): it is built at install with cc (npm run build:native)`;
+    return false;
+  }
+  try {
+    const pipe = fenceBinding('pipe_wrap');
+    const tcp = fenceBinding('tcp_wrap');
+    const sw = fenceBinding('stream_wrap');
+    const udp = fenceBinding('udp_wrap');
+    const pipeProto = (pipe['Pipe'] as { prototype?: Record<string, unknown> } | undefined)?.prototype;
+    const tcpProto = (tcp['TCP'] as { prototype?: Record<string, unknown> } | undefined)?.prototype;
+    const udpProto = (udp['UDP'] as { prototype?: Record<string, unknown> } | undefined)?.prototype;
+    const ipc = (pipe['constants'] as Record<string, unknown> | undefined)?.['IPC'];
+    const missing = [
+      ...['connect', 'readStart', 'readStop', 'writeBuffer', 'close', 'useUserBuffer'].filter((m) => typeof pipeProto?.[m] !== 'function').map((m) => `Pipe.${m}`),
+      ...['connect', 'connect6', 'close'].filter((m) => typeof tcpProto?.[m] !== 'function').map((m) => `TCP.${m}`),
+      ...['recvStart', 'close'].filter((m) => typeof udpProto?.[m] !== 'function').map((m) => `UDP.${m}`),
+      ...(typeof ipc === 'number' ? [] : ['pipe_wrap constants.IPC']),
+      ...(typeof pipe['PipeConnectWrap'] === 'function' ? [] : ['PipeConnectWrap']),
+      ...(typeof tcp['TCPConnectWrap'] === 'function' ? [] : ['TCPConnectWrap']),
+      ...(typeof sw['WriteWrap'] === 'function' && sw['streamBaseState'] instanceof Int32Array && typeof sw['kReadBytesOrError'] === 'number' ? [] : ['stream_wrap WriteWrap/streamBaseState']),
+    ];
+    if (missing.length > 0) throw new Error(`lacks ${missing.join(', ')}`);
+  } catch (err) {
+    st.off = `this Node (${process.version}) cannot: ${err instanceof Error ? err.message : String(err)}`;
+    return false;
+  }
+  return true;
+}
+
+/** Whether the nsSockets path is on (its structural check included). */
+export function nsSocketsOn(): boolean {
+  return checkNsSockets();
+}
+
+function errnoName(err: unknown): string {
+  const code = (err as { code?: unknown }).code;
+  return typeof code === 'string' ? code : String(err);
 }

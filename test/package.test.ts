@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { PATH_NAMES, WORKLOAD_IDS } from '../src/bench/types.js';
-import { skipUnless } from './helpers/env.js';
+import { hasTool, skipUnless } from './helpers/env.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 
@@ -42,7 +42,8 @@ t.test('npm pack → npm install of the tarball → the installed portferry work
   t.ok(info, 'npm pack reported the tarball');
   if (info === undefined) return;
   const files = info.files.map((f) => f.path);
-  for (const f of ['bin/portferry.js', 'dist/cli/main.js', 'dist/bench/index.js', 'bench/gen/pfgen.c', 'bench/naive-proxy.mjs']) t.ok(files.includes(f), `the tarball holds ${f}`);
+  for (const f of ['bin/portferry.js', 'dist/cli/main.js', 'dist/bench/index.js', 'bench/gen/pfgen.c', 'bench/naive-proxy.mjs', 'native/pf-nsd.c', 'scripts/build-nsd.mjs']) t.ok(files.includes(f), `the tarball holds ${f}`);
+  t.notOk(files.some((f) => f.startsWith('native/build/')), 'no prebuilt binary in the tarball: the install builds it');
   t.notOk(files.some((f) => f.startsWith('src/') || f.startsWith('test/')), 'no sources or tests in the tarball');
 
   const app = join(dir, 'app');
@@ -51,6 +52,7 @@ t.test('npm pack → npm install of the tarball → the installed portferry work
   const install = run('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error', join(dir, info.filename)], app, 240_000);
   t.equal(install.status, 0, explain('npm install of the tarball', install));
   t.notOk(existsSync(join(app, 'node_modules', 'typescript')), 'no TypeScript installed: the package needs no compiler at run time');
+  if (hasTool('cc')) t.ok(existsSync(join(app, 'node_modules', 'portferry', 'native', 'build', 'pf-nsd')), 'the install built the native namespace helper (pf-nsd) with cc');
   const bin = join(app, 'node_modules', '.bin', 'portferry');
   t.ok(existsSync(bin), 'node_modules/.bin/portferry');
 

@@ -21,11 +21,13 @@ import net from 'node:net';
 import dgram from 'node:dgram';
 import type { Endpoint } from '../api.js';
 import { PortferryError } from '../errors.js';
-import { adoptConnected, fixReceivedUdp6Connect } from '../internals.js';
+import { adoptConnected, countFastPathUse, fixReceivedUdp6Connect, nsSocketsOn } from '../internals.js';
+import { closeHandle, dgramFromUdpHandle, type NsFamily, type NsTcpHandle, type NsUdpHandle } from '../internals-nsd.js';
 import type { Logger } from '../log.js';
-import { dialError, dialTimeoutError, wrapDgram, type DialAttempt, type DialWaiter, type Dialer, type UdpChannel } from '../proxy/dialer.js';
+import { dialError, dialTcpWith, dialTimeoutError, wrapDgram, type DialAttempt, type DialWaiter, type Dialer, type UdpChannel } from '../proxy/dialer.js';
 import { isHelperReply, type HelperReply, type HelperRequest } from './helper-protocol.js';
 import { validateNetnsPath } from './nsfs.js';
+import { nsdServiceFor, type NsdService } from './nsd.js';
 
 export { validateNetnsPath } from './nsfs.js';
 
@@ -200,16 +202,81 @@ export class NetnsDialer implements Dialer {
   private nextId = 1;
   private closed = false;
   private closing: Promise<void> | null = null;
+  /** The native helper's service (one per user namespace, shared), once this dialer used it. */
+  private nsd: NsdService | null = null;
+  /** The path checks, once for the native path (a failed check is tried again next time). */
+  private checked: Promise<void> | null = null;
 
   constructor(private readonly opts: NetnsDialerOptions) {
     this.log = opts.logger.child({ netns: opts.netnsPath });
   }
 
-  /** The helper's PID while one runs (tests kill it to check the restart). */
+  /** Which helper dials for us now: the native socket pool, or the Node helper (fallback). */
+  path(): 'native' | 'node' {
+    return nsSocketsOn() ? 'native' : 'node';
+  }
+
+  /** The helper's PID while one runs (tests kill it to check the restart): the native one when that path is on. */
   helperPid(): number | null {
+    if (this.path() === 'native') return this.nsd?.pid() ?? null;
     const h = this.helper;
     return h === null || h.dead ? null : (h.child.pid ?? null);
   }
+
+  /** The native service this dialer uses (tests read its counters), or null. */
+  nsdService(): NsdService | null {
+    return this.nsd;
+  }
+
+  private service(): NsdService {
+    if (this.nsd === null) {
+      this.nsd = nsdServiceFor(this.opts.userns ?? null, this.opts.logger);
+      this.nsd.acquire(this.opts.netnsPath);
+    }
+    return this.nsd;
+  }
+
+  private check(): Promise<void> {
+    if (this.checked === null) {
+      const p = (async () => {
+        await validateNetnsPath(this.opts.netnsPath);
+        if (this.opts.userns !== undefined) await validateUserns(this.opts.userns);
+      })();
+      this.checked = p;
+      p.catch(() => {
+        if (this.checked === p) this.checked = null;
+      });
+    }
+    return this.checked;
+  }
+
+  /**
+   * An unconnected TCP socket made inside the namespace, from the pool (at once in the common
+   * case). dialTcpNative connects it through the engine's dial (src/proxy/dialer.ts dialTcpWith →
+   * internals rawDial: a RawSocket when rawTcp is on). The handle is the caller's:
+   * close it (closeHandle) if it is not used. Only while path() is 'native'; the callback's
+   * error is PF_NETNS_* (after the native path was turned off: retry through dialTcp).
+   */
+  takeTcp(family: NsFamily, cb: (err: PortferryError | null, handle: NsTcpHandle | null) => void): void {
+    this.takeNative(family, 'tcp', cb as (err: PortferryError | null, handle: NsTcpHandle | NsUdpHandle | null) => void);
+  }
+
+  private takeNative(family: NsFamily, proto: 'tcp' | 'udp', cb: (err: PortferryError | null, handle: NsTcpHandle | NsUdpHandle | null) => void): void {
+    if (this.closed) return cb(this.closedError(), null);
+    const service = this.service();
+    const checked = this.checked;
+    // After the first check the common case takes synchronously: no promise per connection.
+    if (checked !== null && this.checkedOk) return service.take(this.opts.netnsPath, family, proto, cb);
+    this.check().then(
+      () => {
+        this.checkedOk = true;
+        if (this.closed) return cb(this.closedError(), null);
+        service.take(this.opts.netnsPath, family, proto, cb);
+      },
+      (err: unknown) => cb(err instanceof PortferryError ? err : new PortferryError('PF_NETNS_INVALID', String(err)), null),
+    );
+  }
+  private checkedOk = false;
 
   private closedError(): PortferryError {
     return new PortferryError('PF_NETNS_HELPER', `the namespace dialer for ${this.opts.netnsPath} is closed`, {
@@ -306,12 +373,65 @@ export class NetnsDialer implements Dialer {
     });
   }
 
-  /**
-   * The helper dials inside the namespace and hands the connected socket over IPC; it is adopted
-   * as a TcpPort (src/internals.ts adoptConnected): its handle becomes a RawSocket when rawTcp is
-   * on — the connection then runs on the fast path like a direct one — else a net.Socket's port.
-   */
   dialTcp(target: Endpoint, timeoutMs: number, waiter: DialWaiter): DialAttempt {
+    if (nsSocketsOn()) return this.dialTcpNative(target, timeoutMs, waiter);
+    return this.dialTcpNode(target, timeoutMs, waiter);
+  }
+
+  /**
+   * A pooled socket made in the namespace, connected here like a direct dial (dialTcpWith: a
+   * RawSocket when rawTcp is on). In the common case the pool hands one over at once and no
+   * timer or promise is made for the wait.
+   */
+  private dialTcpNative(target: Endpoint, timeoutMs: number, waiter: DialWaiter): DialAttempt {
+    const started = Date.now();
+    let attempt: DialAttempt | null = null;
+    let over = false;
+    let timer: NodeJS.Timeout | null = null;
+    const remaining = (): number => Math.max(1, timeoutMs - (Date.now() - started));
+    this.takeTcp(net.isIPv6(target.ip) ? 6 : 4, (err, h) => {
+      if (over) {
+        if (h !== null) closeHandle(h);
+        return;
+      }
+      if (timer !== null) clearTimeout(timer);
+      if (err !== null || h === null) {
+        // The native path was turned off under us (its helper failed the self-test, or cannot
+        // start here): this dial goes through the Node helper.
+        if (!nsSocketsOn() && !this.closed) {
+          attempt = this.dialTcpNode(target, remaining(), waiter);
+          return;
+        }
+        over = true;
+        waiter.dialled(err ?? this.closedError(), null);
+        return;
+      }
+      countFastPathUse('nsSockets');
+      attempt = dialTcpWith(target, remaining(), waiter, h);
+    });
+    if (attempt === null && !over) {
+      // The pool was empty: bound the wait for its next batch by the connect timeout.
+      timer = setTimeout(() => {
+        if (attempt !== null || over) return;
+        over = true;
+        waiter.dialled(dialTimeoutError(target, timeoutMs), null);
+      }, timeoutMs);
+    }
+    return {
+      cancel: () => {
+        if (attempt !== null) return attempt.cancel();
+        over = true;
+        if (timer !== null) clearTimeout(timer);
+      },
+    };
+  }
+
+  /**
+   * The Node helper dials inside the namespace and hands the connected socket over IPC; it is
+   * adopted as a TcpPort (src/internals.ts adoptConnected): its handle becomes a RawSocket when
+   * rawTcp is on, else a net.Socket's port.
+   */
+  private dialTcpNode(target: Endpoint, timeoutMs: number, waiter: DialWaiter): DialAttempt {
     const started = Date.now();
     const ac = new AbortController();
     this.request<net.Socket>(
@@ -345,6 +465,41 @@ export class NetnsDialer implements Dialer {
   }
 
   openUdp(target: Endpoint): Promise<UdpChannel> {
+    if (nsSocketsOn()) return this.openUdpNative(target);
+    return this.openUdpNode(target);
+  }
+
+  private openUdpNative(target: Endpoint): Promise<UdpChannel> {
+    const family = net.isIPv6(target.ip) ? 6 : 4;
+    return new Promise<UdpChannel>((resolve, reject) => {
+      let settled = false;
+      const timer = setTimeout(() => {
+        settled = true;
+        reject(dialTimeoutError(target, UDP_OPEN_TIMEOUT_MS));
+      }, UDP_OPEN_TIMEOUT_MS);
+      this.takeNative(family, 'udp', (err, h) => {
+        if (settled) {
+          if (h !== null) closeHandle(h);
+          return;
+        }
+        settled = true;
+        clearTimeout(timer);
+        if (err !== null || h === null) {
+          if (!nsSocketsOn() && !this.closed) return resolve(this.openUdpNode(target));
+          return reject(err ?? this.closedError());
+        }
+        dgramFromUdpHandle(h as NsUdpHandle, family).then(
+          (socket) => connectReceivedDgram(socket, target, family).then(resolve, reject),
+          (e: unknown) => {
+            closeHandle(h);
+            reject(dialError(target, e));
+          },
+        );
+      });
+    });
+  }
+
+  private openUdpNode(target: Endpoint): Promise<UdpChannel> {
     const family = net.isIPv6(target.ip) ? 6 : 4;
     return this.request<UdpChannel>(
       (id) => ({ type: 'open-udp', id, family }),
@@ -356,26 +511,7 @@ export class NetnsDialer implements Dialer {
           if (handle instanceof net.Socket) handle.destroy();
           return Promise.reject(dialError(target, Object.assign(new Error(`netns helper answered ${msg.type} without a UDP socket`), { code: 'EPROTO' })));
         }
-        // Connected here: the route lookup still happens in the socket's own (the container's)
-        // namespace, and Node then knows the socket is connected.
-        return new Promise<UdpChannel>((resolve, reject) => {
-          const onError = (err: Error): void => {
-            handle.close();
-            reject(dialError(target, err));
-          };
-          handle.once('error', onError);
-          if (family === 6 && !fixReceivedUdp6Connect(handle)) {
-            handle.off('error', onError);
-            resolve(wrapDgram(handle, target));
-            return;
-          }
-          // A failed connect calls back with the error (and emits nothing).
-          handle.connect(target.port, target.ip, (err?: Error) => {
-            handle.off('error', onError);
-            if (err !== undefined && err !== null) onError(err);
-            else resolve(wrapDgram(handle));
-          });
-        });
+        return connectReceivedDgram(handle, target, family);
       },
     );
   }
@@ -383,11 +519,38 @@ export class NetnsDialer implements Dialer {
   close(): Promise<void> {
     if (this.closing !== null) return this.closing;
     this.closed = true;
+    const native = this.nsd?.release(this.opts.netnsPath) ?? Promise.resolve();
     const h = this.helper;
     this.helper = null;
-    this.closing = h === null ? Promise.resolve() : h.stop();
+    this.closing = Promise.all([native, h === null ? Promise.resolve() : h.stop()]).then(() => {});
     return this.closing;
   }
+}
+
+/**
+ * A UDP socket made in the namespace (bound there, not connected), connected here: the route
+ * lookup still happens in the socket's own (the container's) namespace, and Node then knows the
+ * socket is connected.
+ */
+function connectReceivedDgram(handle: dgram.Socket, target: Endpoint, family: 4 | 6): Promise<UdpChannel> {
+  return new Promise<UdpChannel>((resolve, reject) => {
+    const onError = (err: Error): void => {
+      handle.close();
+      reject(dialError(target, err));
+    };
+    handle.once('error', onError);
+    if (family === 6 && !fixReceivedUdp6Connect(handle)) {
+      handle.off('error', onError);
+      resolve(wrapDgram(handle, target));
+      return;
+    }
+    // A failed connect calls back with the error (and emits nothing).
+    handle.connect(target.port, target.ip, (err?: Error) => {
+      handle.off('error', onError);
+      if (err !== undefined && err !== null) onError(err);
+      else resolve(wrapDgram(handle));
+    });
+  });
 }
 
 async function validateUserns(p: string): Promise<void> {

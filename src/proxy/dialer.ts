@@ -130,8 +130,9 @@ class DirectDial implements DialAttempt, TcpPortOwner {
     private waiter: DialWaiter | null,
   ) {}
 
-  start(): void {
-    const p = rawDial(this.target.ip, this.target.port, this);
+  /** Dials a new socket, or `handle`: an unconnected TCP handle made elsewhere (a namespace's pooled socket). */
+  start(handle?: unknown): void {
+    const p = rawDial(this.target.ip, this.target.port, this, handle);
     if (typeof p === 'number') {
       this.settle()?.dialled(dialError(this.target, errnoError(p)), null);
       return;
@@ -194,6 +195,17 @@ const UV_EPIPE = -32;
 
 function onDialTimeout(dial: DirectDial): void {
   dial.timedOut();
+}
+
+/**
+ * Connects `handle`, an unconnected TCP socket made in another network namespace (src/netns: the
+ * native helper's pool), exactly as a direct dial: the socket keeps its namespace, the connect is
+ * this process's.
+ */
+export function dialTcpWith(target: Endpoint, timeoutMs: number, waiter: DialWaiter, handle: unknown): DialAttempt {
+  const dial = new DirectDial(target, timeoutMs, waiter);
+  dial.start(handle);
+  return dial;
 }
 
 /** Dials from this process's own network namespace. */

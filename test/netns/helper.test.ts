@@ -9,7 +9,15 @@ import { DirectDialer, dialTcpAsync } from '../../src/proxy/dialer.js';
 import { memoryLogger } from '../../src/log.js';
 import { PortferryError } from '../../src/errors.js';
 import { skipUnless } from '../helpers/env.js';
+import { internals } from '../../src/internals.js';
 import { nsServer, pidAlive, readAll, sha256, until } from './util.js';
+
+// Run twice: as is (the native socket helper when it is built) and by helper-fallback.test.ts with
+// PORTFERRY_NSD=0 (the Node helper). Each run checks it is on the path it means to test.
+const native = internals().nsSockets.on;
+t.test(`the namespace path under test: ${native ? 'native (pf-nsd)' : 'the Node helper'}`, async (t) => {
+  t.equal(native, process.env['PORTFERRY_NSD'] !== '0', `nsSockets ${native ? 'on' : `off: ${internals().nsSockets.why}`}`);
+});
 
 const gate = skipUnless({ root: true, tools: ['ip', 'nsenter', 'unshare', 'setpriv'] });
 
@@ -80,7 +88,8 @@ t.test('TCP: dials 127.0.0.1 inside ctr, which the host namespace cannot reach; 
   const got = await reply;
   t.equal(got.length, MiB, '1 MiB back');
   t.equal(sha256(got), sha256(payload), 'the same bytes');
-  t.ok(records.some((r) => r['msg'] === 'netns helper started'), 'the helper start is logged');
+  t.ok(records.some((r) => r['msg'] === (native ? 'namespace socket helper started' : 'netns helper started')), 'the helper start is logged');
+  t.equal(dialer.path(), native ? 'native' : 'node');
 });
 
 t.test('TCP half-close from the container side: we can still send after its FIN', gate, async (t) => {
@@ -158,13 +167,19 @@ t.test('helper killed mid-run: open connections live on, pending dials fail, the
   const pid = dialer.helperPid();
   t.ok(pid !== null && pidAlive(pid), 'a helper runs');
 
-  const pending = dialTcpAsync(dialer, { ip: '10.199.1.99', port: 80 }, { timeoutMs: 20_000 });
-  process.kill(pid as number, 'SIGKILL');
-  await t.rejects(pending, { code: 'PF_NETNS_HELPER', message: /killed by SIGKILL/ }, 'the dial in flight fails with PF_NETNS_HELPER');
+  if (native) {
+    // Native: a dial in flight is this process's own connect (the helper only made the socket);
+    // what waits on the helper is a take from an empty pool (test/netns/nsd.test.ts).
+    process.kill(pid as number, 'SIGKILL');
+  } else {
+    const pending = dialTcpAsync(dialer, { ip: '10.199.1.99', port: 80 }, { timeoutMs: 20_000 });
+    process.kill(pid as number, 'SIGKILL');
+    await t.rejects(pending, { code: 'PF_NETNS_HELPER', message: /killed by SIGKILL/ }, 'the dial in flight fails with PF_NETNS_HELPER');
+  }
   await until(() => dialer.helperPid() === null, 'the dialer to notice the death');
   const warn = records.find((r) => r['level'] === 40 && r['pid'] === pid);
   t.ok(warn, 'the death is logged at warn');
-  t.match(warn, { signal: 'SIGKILL', netns: tp.paths.ctr });
+  t.match(warn, native ? { reason: /killed by SIGKILL/ } : { signal: 'SIGKILL', netns: tp.paths.ctr });
 
   const after = await dialTcpAsync(dialer, { ip: '127.0.0.1', port: echo.port }, { timeoutMs: 5000 });
   t.equal(await greeting(after), 'k', 'the next dial succeeds');
@@ -196,7 +211,7 @@ t.test('a helper that cannot enter the namespace fails with PF_NETNS_HELPER nami
   const dialer = new NetnsDialer({ netnsPath: (await world()).paths.ctr as string, userns: '/proc/self/ns/user', logger });
   t.teardown(() => dialer.close());
   const err = await dialTcpAsync(dialer, { ip: '127.0.0.1', port: 1 }, { timeoutMs: 5000 }).catch((e: unknown) => e);
-  t.match(err, { code: 'PF_NETNS_HELPER', message: /exited with code 1: nsenter: .*ns\/user/ });
+  t.match(err, { code: 'PF_NETNS_HELPER', message: native ? /could not join the user namespace \/proc\/self\/ns\/user/ : /exited with code 1: nsenter: .*ns\/user/ }, `the error names the user namespace (nsSockets: ${internals().nsSockets.why})`);
   t.ok(records.some((r) => r['level'] === 40), 'and logged at warn');
 });
 
