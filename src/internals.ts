@@ -167,6 +167,12 @@ export function readIntoOwnBuffers(socket: net.Socket, onRead: ReadCallback, nex
   return true;
 }
 
+/** The descriptor number of a net.Socket (its handle's `fd`), -1 without one. */
+export function socketFd(socket: net.Socket): number {
+  const fd = (socket as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd;
+  return typeof fd === 'number' ? fd : -1;
+}
+
 /** Starts reading again after an `onRead` returned false. */
 export function resumeOwnBufferReads(socket: net.Socket): void {
   const handle = handleOf(socket);
@@ -304,6 +310,8 @@ interface TcpHandle {
   connect(req: Req, ip: string, port: number): number;
   connect6(req: Req, ip: string, port: number): number;
   useUserBuffer(buf: Uint8Array): void;
+  /** The descriptor number, -1 without one (libuv's uv_fileno; every Node 20–26 stream handle has it). */
+  readonly fd: number;
   [kRawSocket]?: RawSocket;
 }
 type Req = { oncomplete: unknown; sock: RawSocket | null; buffer?: Uint8Array | null };
@@ -431,6 +439,10 @@ export class RawSocket {
   }
   get localPort(): number | undefined {
     return (this.sock ??= this.name('getsockname')).port;
+  }
+  /** The descriptor number (-1 when closed or not created yet). */
+  get fd(): number {
+    return this.closed ? -1 : this.handle.fd;
   }
   private name(which: 'getpeername' | 'getsockname'): { address?: string; port?: number } {
     const out: Record<string, unknown> = {};

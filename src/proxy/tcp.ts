@@ -12,7 +12,8 @@ import util from 'node:util';
 import type { Binding, Endpoint, Listener, RelayResult, TcpStats } from '../api.js';
 import { errnoCode } from '../errors.js';
 import type { Logger } from '../log.js';
-import { acceptRaw, type RawSocket } from '../internals.js';
+import { acceptRaw, socketFd, type RawSocket } from '../internals.js';
+import { descriptors } from '../limits.js';
 import { RateLimitedWarner } from './warn.js';
 import { bindError, closedBeforeListening } from './bind-error.js';
 import { dialErrno, type DialAttempt, type Dialer } from './dialer.js';
@@ -209,8 +210,20 @@ export class TcpListener implements Listener {
     this.warner.warn('accept', { err: code, acceptErrors: this.counts.acceptErrors }, 'accept failed; the listener keeps serving (raise `ulimit -n` if this is EMFILE)');
   }
 
+  /**
+   * An accepted connection holds descriptor `fd`. When few are left, warn (at most every 10 s):
+   * once none are, libuv sheds new connections with its reserve descriptor without telling us
+   * (no callback, no 'error'), so this is the only notice of an accept-side shortage.
+   */
+  private checkDescriptors(fd: number): void {
+    if (descriptors.nearLimit(fd)) {
+      this.warner.warn('descriptors', { fd, nofile: descriptors.softLimit() }, 'descriptor limit nearly reached: new connections are shed without notice once none are left — raise `ulimit -n`');
+    }
+  }
+
   /** A connection on the raw path: it dials, relays and reports its end itself. */
   private onRawConnection(client: RawSocket): void {
+    this.checkDescriptors(client.fd);
     const admit = this.admit();
     if (admit !== 'serve') {
       if (admit === 'close') client.close();
@@ -249,6 +262,7 @@ export class TcpListener implements Listener {
 
   private onConnection(client: net.Socket): void {
     client.on('error', noop); // until the relay owns it; a reset while dialling just aborts the dial
+    this.checkDescriptors(socketFd(client));
     const admit = this.admit();
     if (admit !== 'serve') {
       if (admit === 'close') client.destroy();
