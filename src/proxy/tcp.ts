@@ -116,8 +116,8 @@ export class TcpListener implements Listener {
       server.once('error', onListenError);
       server.listen(this.listenOptions(), () => {
         server.off('error', onListenError);
-        // After listening, errors come from accept (EMFILE, ENFILE …). libuv keeps the listener
-        // armed and sheds the pending connection with its reserve descriptor; we count and warn.
+        // After listening, errors come from accept; we count and warn. Not EMFILE/ENFILE while
+        // libuv has its reserve descriptor: it sheds those connections silently (checkDescriptors).
         server.on('error', (err) => this.onAcceptError(errnoCode(err) ?? err.message));
         if (this.state !== 'binding') return; // closed while binding: close() has rejected and closes the server
         this.failListen = null;
