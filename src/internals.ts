@@ -335,6 +335,8 @@ export interface TcpPort {
   readonly remotePort: number | undefined;
   readonly localAddress: string | undefined;
   readonly localPort: number | undefined;
+  /** The descriptor number, -1 when closed or without one (the listener's descriptor-headroom check). */
+  readonly fd: number;
   readStart(): number;
   readStop(): number;
   /** Reads go into `buf` from now on (and into whatever onData returns): bulkReads. False: not now (or the fast path is off). */
@@ -369,6 +371,8 @@ interface TcpHandle {
   connect(req: Req, ip: string, port: number): number;
   connect6(req: Req, ip: string, port: number): number;
   useUserBuffer(buf: Uint8Array): void;
+  /** The descriptor number, -1 without one (libuv's uv_fileno; every Node 20–26 stream handle has it). */
+  readonly fd: number;
   [kRawSocket]?: RawSocket | undefined;
 }
 type Req = { oncomplete: unknown; sock: RawSocket | null; buffer?: Uint8Array | null };
@@ -532,6 +536,9 @@ export class RawSocket implements TcpPort {
   }
   get localPort(): number | undefined {
     return (this.sock ??= this.name('getsockname')).port;
+  }
+  get fd(): number {
+    return this.closed ? -1 : this.handle.fd;
   }
   private name(which: 'getpeername' | 'getsockname'): { address?: string; port?: number } {
     const out: Record<string, unknown> = {};
@@ -745,6 +752,10 @@ class SocketPort implements TcpPort {
   }
   get localPort(): number | undefined {
     return this.socket.localPort;
+  }
+  get fd(): number {
+    const fd = (this.socket as unknown as { _handle?: { fd?: unknown } | null })._handle?.fd;
+    return typeof fd === 'number' ? fd : -1;
   }
 
   readStart(): number {

@@ -22,6 +22,14 @@ export interface NofileLimit {
 /** The share of the soft descriptor limit that UDP flows may hold together. */
 export const UDP_FLOW_SHARE = 0.5;
 
+/**
+ * TCP listeners warn when a connection leaves fewer free descriptors than this (the larger of the
+ * two): once none are left, libuv sheds the connections it cannot accept with its reserve
+ * descriptor and tells nobody (no callback, no error event), so the warning has to come before.
+ */
+export const DESCRIPTOR_HEADROOM_MIN = 8;
+export const DESCRIPTOR_HEADROOM_SHARE = 0.02;
+
 /** RLIMIT_NOFILE of this process, from /proc/self/limits; null where that cannot be read. */
 export function readNofileLimit(): NofileLimit | null {
   let text: string;
@@ -66,6 +74,16 @@ export class DescriptorBudget {
 
   releaseUdpFlow(): void {
     if (this.held > 0) this.held--;
+  }
+
+  /**
+   * Whether a socket that was just given descriptor number `fd` leaves fewer than the headroom
+   * free. Linux hands out the lowest free number, so every number below `fd` is in use: at most
+   * `soft - fd - 1` are left. No false alarms (holes only make the count lower), no system call.
+   */
+  nearLimit(fd: number): boolean {
+    const soft = this.softLimit();
+    return fd >= 0 && Number.isFinite(soft) && fd >= soft - 1 - Math.max(DESCRIPTOR_HEADROOM_MIN, Math.ceil(soft * DESCRIPTOR_HEADROOM_SHARE));
   }
 
 

@@ -212,7 +212,7 @@ async function serve(flags: RunFlags, logger: Logger): Promise<number | undefine
   }
   const running = forwarder;
   phase = 'running';
-  logReady(logger, running, { fastPaths: Object.fromEntries(Object.entries(fastPaths).map(([k, v]) => [k, v.on])), ...(api !== null ? { api: api.socketPath } : {}), ...(metrics !== null ? { metrics: formatHostPort(metrics.address.ip, metrics.address.port) } : {}), ...(flags.state !== undefined ? { state: flags.state } : {}) });
+  logReady(logger, running, { node: process.version, fastPaths: Object.fromEntries(Object.entries(fastPaths).map(([k, v]) => [k, v.on])), ...(api !== null ? { api: api.socketPath } : {}), ...(metrics !== null ? { metrics: formatHostPort(metrics.address.ip, metrics.address.port) } : {}), ...(flags.state !== undefined ? { state: flags.state } : {}) });
   notifySystemd(logger);
   if (reloadPending) reload(running);
   return undefined;

@@ -15,6 +15,7 @@ import type { Binding, Endpoint, Listener, RelayResult, TcpStats } from '../api.
 import { errnoCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import { acceptRaw, adoptConnected, type TcpPort } from '../internals.js';
+import { descriptors } from '../limits.js';
 import { RateLimitedWarner } from './warn.js';
 import { bindError, closedBeforeListening } from './bind-error.js';
 import { dialErrno, type Dialer } from './dialer.js';
@@ -105,8 +106,8 @@ export class TcpListener implements Listener {
       server.once('error', onListenError);
       server.listen(this.listenOptions(), () => {
         server.off('error', onListenError);
-        // After listening, errors come from accept (EMFILE, ENFILE …). libuv keeps the listener
-        // armed and sheds the pending connection with its reserve descriptor; we count and warn.
+        // After listening, errors come from accept; we count and warn. Not EMFILE/ENFILE while
+        // libuv has its reserve descriptor: it sheds those connections silently (checkDescriptors).
         server.on('error', (err) => this.onAcceptError(errnoCode(err) ?? err.message));
         if (this.state !== 'binding') return; // closed while binding: close() has rejected and closes the server
         this.failListen = null;
@@ -193,7 +194,20 @@ export class TcpListener implements Listener {
   }
 
   /** An accepted connection: it dials, relays and reports its end itself. */
+  /**
+   * An accepted connection holds descriptor `fd`. When few are left, warn (at most every 10 s):
+   * once none are, libuv sheds new connections with its reserve descriptor without telling us
+   * (no callback, no 'error'), so this is the only notice of an accept-side shortage. Linux hands
+   * out the lowest free number, so a high one means few are left: no system call needed.
+   */
+  private checkDescriptors(fd: number): void {
+    if (descriptors.nearLimit(fd)) {
+      this.warner.warn('descriptors', { fd, nofile: descriptors.softLimit() }, 'descriptor limit nearly reached: new connections are shed without notice once none are left — raise `ulimit -n`');
+    }
+  }
+
   private onConnection(client: TcpPort): void {
+    this.checkDescriptors(client.fd);
     const admit = this.admit();
     if (admit !== 'serve') {
       if (admit === 'close') client.close();

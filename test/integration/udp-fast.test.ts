@@ -34,7 +34,7 @@ async function forward(t: Test, ip = '127.0.0.1'): Promise<void> {
   );
 }
 
-t.test('self-test: the raw UDP path is on here', async (t) => {
+t.test(`self-test: the raw UDP path is on here (Node ${process.version})`, async (t) => {
   const report = await selfTest();
   t.match(report.rawUdp, { on: true, why: /udp_wrap/ }, 'raw UDP through the handle');
 });
