@@ -250,8 +250,8 @@ export const CATALOGUE = {
     fix: 'Run it as root, e.g. `sudo npx portferry …`.',
   },
   PF_NETNS_SETUP: {
-    meaning: 'A throwaway network namespace topology could not be created.',
-    fix: 'Install iproute2 (`apt-get install -y iproute2`), run as root, or for rootless mode check that unprivileged user namespaces are enabled (`sysctl user.max_user_namespaces`).',
+    meaning: 'A throwaway network namespace topology could not be created (or, for `portferry bench --scenario rootless`, its throwaway user with subordinate ids).',
+    fix: 'Install iproute2 (`apt-get install -y iproute2`), run as root, or for rootless mode check that unprivileged user namespaces are enabled (`sysctl user.max_user_namespaces`); for the rootless bench, check that `useradd`/`usermod` (package passwd) work here.',
   },
   PF_TOOL_MISSING: {
     meaning: 'An external tool the command needs is not installed.',

@@ -407,7 +407,7 @@ export class NetnsDialer implements Dialer {
         return;
       }
       countFastPathUse('nsSockets');
-      attempt = dialTcpWith(target, remaining(), waiter, h);
+      attempt = dialTcpWith(target, remaining(), waiter, h, timeoutMs);
     });
     if (attempt === null && !over) {
       // The pool was empty: bound the wait for its next batch by the connect timeout.

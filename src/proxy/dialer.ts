@@ -128,6 +128,8 @@ class DirectDial implements DialAttempt, TcpPortOwner {
     private readonly target: Endpoint,
     private readonly timeoutMs: number,
     private waiter: DialWaiter | null,
+    /** The connect timeout the error names: the whole dial's, when part of it went by before this (a pool's wait). */
+    private readonly reportedTimeoutMs = timeoutMs,
   ) {}
 
   /** Dials a new socket, or `handle`: an unconnected TCP handle made elsewhere (a namespace's pooled socket). */
@@ -173,7 +175,7 @@ class DirectDial implements DialAttempt, TcpPortOwner {
     const w = this.settle();
     if (w === null) return;
     this.port?.close();
-    w.dialled(dialTimeoutError(this.target, this.timeoutMs), null);
+    w.dialled(dialTimeoutError(this.target, this.reportedTimeoutMs), null);
   }
 
   // Nothing else reaches a port that is connecting and not reading; if it did, the dial failed.
@@ -202,8 +204,8 @@ function onDialTimeout(dial: DirectDial): void {
  * native helper's pool), exactly as a direct dial: the socket keeps its namespace, the connect is
  * this process's.
  */
-export function dialTcpWith(target: Endpoint, timeoutMs: number, waiter: DialWaiter, handle: unknown): DialAttempt {
-  const dial = new DirectDial(target, timeoutMs, waiter);
+export function dialTcpWith(target: Endpoint, timeoutMs: number, waiter: DialWaiter, handle: unknown, reportedTimeoutMs = timeoutMs): DialAttempt {
+  const dial = new DirectDial(target, timeoutMs, waiter, reportedTimeoutMs);
   dial.start(handle);
   return dial;
 }
