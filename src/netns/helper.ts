@@ -389,7 +389,9 @@ export class NetnsDialer implements Dialer {
     let over = false;
     let timer: NodeJS.Timeout | null = null;
     const remaining = (): number => Math.max(1, timeoutMs - (Date.now() - started));
-    this.takeTcp(net.isIPv6(target.ip) ? 6 : 4, (err, h) => {
+    // A mapping's container IP is canonical: ':' tells the family without net.isIPv6's regular
+    // expression (0.7 % of the forwarder's busy time per connection in a profile).
+    this.takeTcp(target.ip.includes(':') ? 6 : 4, (err, h) => {
       if (over) {
         if (h !== null) closeHandle(h);
         return;
