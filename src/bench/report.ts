@@ -12,6 +12,25 @@ export function median(values: readonly number[]): number {
  * One cell from its repetitions: every repetition must have succeeded (a path that fails now and
  * then is a failed path, not a slower one); then each metric is the median over them.
  */
+/** The table's cells, path by path: a skipped path's or workload's reason, else the aggregate of its samples (keyed `path\0workload`). Both scenarios' runners use it. */
+export function collectCells(
+  statuses: readonly { readonly name: PathName; readonly status: string; readonly reason?: string | undefined }[],
+  workloads: readonly WorkloadId[],
+  skipped: ReadonlyMap<string, string>,
+  samples: ReadonlyMap<string, readonly Sample[]>,
+): Cell[] {
+  const cells: Cell[] = [];
+  for (const s of statuses) {
+    for (const w of workloads) {
+      const k = `${s.name}\u0000${w}`;
+      const skip = s.status === 'skipped' ? (s.reason ?? 'skipped') : skipped.get(k);
+      if (skip !== undefined) cells.push({ path: s.name, workload: w, status: 'skipped', reason: skip, samples: [] });
+      else cells.push(aggregate(s.name, w, samples.get(k) ?? []));
+    }
+  }
+  return cells;
+}
+
 export function aggregate(path: PathName, workload: WorkloadId, samples: readonly Sample[]): Cell {
   if (samples.length === 0) return { path, workload, status: 'skipped', reason: 'not run', samples };
   const failed = samples.filter((s): s is Extract<Sample, { ok: false }> => !s.ok);

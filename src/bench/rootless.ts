@@ -17,11 +17,11 @@ import { createTopology, type Topology } from '../netns/topology.js';
 import { startServers } from './backends.js';
 import { buildPfgen, ensureLoadTools, machineFacts, portferryVersion, ROOTLESS_TOOLS, rootlessToolVersions } from './env.js';
 import { LineReader, allowedCpuList, lastCpu, processTree, stopTree, treeRssKiB } from './proc.js';
-import { aggregate, withRatios } from './report.js';
+import { collectCells, withRatios } from './report.js';
 import { BenchInterrupted, CONN_LOOPS, FULL, QUICK, describeSample } from './run.js';
 import { RootlessMachine, startContainer, startNamespaceWorld, type Container, type NamespaceWorld } from './rootless-host.js';
 import { CTR_SERVERS, HOST_SERVERS, ROOTLESS_PATHS, startPortferry, type RootlessRunning, type World } from './rootless-paths.js';
-import { ROOTLESS_PATH_NAMES, ROOTLESS_WORKLOAD_IDS, type BenchResult, type Cell, type PathStatus, type RootlessPathName, type Sample, type WorkloadId } from './types.js';
+import { ROOTLESS_PATH_NAMES, ROOTLESS_WORKLOAD_IDS, type BenchResult, type PathStatus, type RootlessPathName, type Sample, type WorkloadId } from './types.js';
 import { runRequestResponse, runWorkload, type Durations, type RunContext, type Target } from './workloads.js';
 
 export type RootlessWorkloadId = (typeof ROOTLESS_WORKLOAD_IDS)[number];
@@ -321,18 +321,7 @@ export async function runRootlessBench(opts: RootlessBenchOptions = {}): Promise
     await cleanup();
   }
 
-  const cells: Cell[] = [];
-  for (const s of statuses) {
-    for (const w of workloads) {
-      if (s.status === 'skipped') {
-        cells.push({ path: s.name, workload: w, status: 'skipped', reason: s.reason ?? 'skipped', samples: [] });
-        continue;
-      }
-      const skip = skipped.get(key(s.name, w));
-      if (skip !== undefined) cells.push({ path: s.name, workload: w, status: 'skipped', reason: skip, samples: [] });
-      else cells.push(aggregate(s.name, w, samples.get(key(s.name, w)) ?? []));
-    }
-  }
+  const cells = collectCells(statuses, workloads, skipped, samples);
   return {
     meta: {
       date: new Date(started).toISOString(),

@@ -13,8 +13,8 @@ import { nofileLimit, buildPfgen, ensureLoadTools, findDockerProxy, installPeers
 import type { MachineEnv, RunningPath } from './path-kit.js';
 import { PATHS } from './paths.js';
 import { allowedCpuList, lastCpu, stopTree } from './proc.js';
-import { aggregate, withRatios } from './report.js';
-import { PATH_NAMES, WORKLOADS, WORKLOAD_IDS, type BenchResult, type Cell, type DefaultPathName, type PathName, type PathStatus, type Sample, type WorkloadId } from './types.js';
+import { collectCells, withRatios } from './report.js';
+import { PATH_NAMES, WORKLOADS, WORKLOAD_IDS, type BenchResult, type DefaultPathName, type PathName, type PathStatus, type Sample, type WorkloadId } from './types.js';
 import { runWorkload, type Durations, type RunContext } from './workloads.js';
 
 export interface BenchOptions {
@@ -244,18 +244,7 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
     await cleanup();
   }
 
-  const cells: Cell[] = [];
-  for (const s of statuses) {
-    for (const w of workloads) {
-      if (s.status === 'skipped') {
-        cells.push({ path: s.name, workload: w, status: 'skipped', reason: s.reason ?? 'skipped', samples: [] });
-        continue;
-      }
-      const skip = skipped.get(key(s.name, w));
-      if (skip !== undefined) cells.push({ path: s.name, workload: w, status: 'skipped', reason: skip, samples: [] });
-      else cells.push(aggregate(s.name, w, samples.get(key(s.name, w)) ?? []));
-    }
-  }
+  const cells = collectCells(statuses, workloads, skipped, samples);
   const facts = machineFacts();
   return {
     meta: {
